@@ -1,0 +1,228 @@
+"""Command line: odepolicy train | evaluate | plot | sweep | bench.
+
+Every user error (bad config, unknown id, damaged file) is an OdepolicyError: printed on one line
+as `odepolicy: error: ...` with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import OdepolicyError, __version__
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a policy with Riemannian ES",
+        description="Train a policy from a YAML config. A run folder is created under --out "
+        "holding config.yaml, progress.csv, checkpoints/ and meta.json.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (see experiments/); omit with --resume")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, dotted for sections (e.g. es.sigma=0.05); repeatable",
+    )
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    p.add_argument("--name", help="run folder name (default: <env>_<policy>_s<seed>_<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run folder of the same name"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved policy (numbers, optional video)",
+        description="Run the noiseless centre policy of a checkpoint with its frozen observation "
+        "normaliser and print mean +- std return. With the default seeds this reproduces the "
+        "trainer's own evaluation.",
+    )
+    p.add_argument("path", help="run folder (uses checkpoints/latest.npz) or a checkpoint file")
+    p.add_argument(
+        "--episodes", type=int, default=None, help="episodes (default: run's eval_episodes)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the first episode (default: the run's)"
+    )
+    p.add_argument(
+        "--env", help="evaluate on another env id with the same observation/action sizes"
+    )
+    p.add_argument("--horizon", type=int, default=None, help="steps per episode (default: run's)")
+    p.add_argument(
+        "--video", metavar="FILE", help="render the first episode to FILE (.mp4 or .gif)"
+    )
+    p.add_argument("--fps", type=int, default=30, help="video frames per second (default 30)")
+    p.add_argument("--width", type=int, default=480, help="video width in pixels")
+    p.add_argument("--height", type=int, default=360, help="video height in pixels")
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="reward curves from run folders",
+        description="Group run folders by task and method; one panel per task, one curve per "
+        "method (mean and band across seeds). Writes PNG and PDF plus a summary table.",
+    )
+    p.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
+    p.add_argument(
+        "--out", default="reward_curves.png", help="output figure (PNG; a PDF beside it)"
+    )
+    p.add_argument(
+        "--x",
+        choices=["timesteps", "iterations", "seconds"],
+        default="timesteps",
+        help="x axis (default: env steps)",
+    )
+    p.add_argument(
+        "--band",
+        choices=["std", "bootstrap", "none"],
+        default="std",
+        help="band around the mean: std across seeds, bootstrap 95%% interval, or none",
+    )
+    p.add_argument("--table", help="summary table path stem (default: beside --out)")
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run many (config, seed) runs, locally or on a Ray cluster",
+        description="Run every (config, seed) of a sweep file. Finished runs are skipped and "
+        "unfinished ones resumed from their checkpoints, so a sweep can simply be re-launched.",
+    )
+    p.add_argument("sweep", help="sweep YAML (see experiments/figure2.yaml)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the file)")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
+    p.add_argument(
+        "--out", default=None, help="parent folder of the runs (default: the file's out)"
+    )
+    p.add_argument("--parallel", type=int, default=None, help="runs at a time (default: file's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure ES throughput against bare environment stepping",
+        description="Print bare env steps/s (constant action), ES-iteration env steps/s, their "
+        "ratio, the policy's prepare and per-step cost, and peak memory.",
+    )
+    p.add_argument("--env", default="HalfCheetah-v5", help="env id (default HalfCheetah-v5)")
+    p.add_argument("--policy", default="iso_odetoode", help="policy name (default iso_odetoode)")
+    p.add_argument("--perturbations", type=int, default=200, help="ES directions (default 200)")
+    p.add_argument("--no-antithetic", action="store_true", help="one-sided sampling")
+    p.add_argument("--horizon", type=int, default=1000, help="episode steps (default 1000)")
+    p.add_argument("--iterations", type=int, default=2, help="ES iterations to time (default 2)")
+    p.add_argument("--hidden", type=int, default=None, help="policy hidden size")
+    p.add_argument("--backend", choices=["local", "ray"], default="local")
+    p.add_argument("--workers", type=int, default=1, help="Ray rollout actors")
+    p.add_argument("--address", default=None, help="Ray cluster address")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="odepolicy",
+        description="Train ODEtoODE and baseline policies with Riemannian evolution strategies.",
+    )
+    parser.add_argument("--version", action="version", version=f"odepolicy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_plot, _add_sweep, _add_bench):
+        add(sub)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .trainer import resume, train
+
+    if args.resume:
+        if args.config:
+            raise OdepolicyError("give either a CONFIG or --resume RUN_DIR, not both")
+        summary = resume(args.resume, args.overrides, show_progress=not args.quiet)
+    else:
+        if not args.config:
+            raise OdepolicyError("train needs a CONFIG.yaml (or --resume RUN_DIR)")
+        config = load_config(args.config, args.overrides)
+        summary = train(config, args.out, args.name, not args.quiet, args.overwrite)
+    print(
+        f"run {summary['run_dir']}: {summary['iteration']} iterations, "
+        f"{summary['env_steps']} env steps, final eval return "
+        f"{summary['eval_return_mean']:.2f} +- {summary['eval_return_std']:.2f}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint(
+        args.path,
+        episodes=args.episodes,
+        seed=args.seed,
+        env_id=args.env,
+        horizon=args.horizon,
+        video=args.video,
+        fps=args.fps,
+        size=(args.width, args.height),
+    )
+    print(
+        f"{out['env_id']} {out['policy']}: return {out['mean']:.2f} +- {out['std']:.2f} "
+        f"over {out['episodes']} episodes (seeds {out['seed']}..{out['seed'] + out['episodes'] - 1})"
+    )
+    if args.video:
+        print(f"video written to {args.video}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plotting import plot_command
+
+    return plot_command(args)
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import sweep_command
+
+    return sweep_command(args)
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_command
+
+    return bench_command(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "plot": cmd_plot,
+    "sweep": cmd_sweep,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except OdepolicyError as exc:
+        print(f"odepolicy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("odepolicy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

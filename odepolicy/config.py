@@ -1,0 +1,196 @@
+"""Typed run configuration: YAML files, `--set key=value` overrides, validation with clear errors.
+
+A config is a tree of dataclasses. Loading walks the YAML mapping against the dataclass fields, so
+an unknown key or a value of the wrong type is an OdepolicyError that names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import OdepolicyError
+from .es.strategy import ESSettings
+
+__all__ = ["Config", "PolicyConfig", "BackendConfig", "load_config", "config_from_dict"]
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "iso_odetoode"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class BackendConfig:
+    name: str = "local"  # local | ray
+    workers: int = 1  # rollout actors (ray)
+    address: str | None = None  # ray: None starts a local instance, "auto" or HOST:PORT joins
+
+
+@dataclass
+class Config:
+    env: str = "Swimmer-v5"
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    es: ESSettings = field(default_factory=ESSettings)
+    horizon: int = 1000  # steps per episode (the env's own limit also applies)
+    iterations: int = 100
+    max_env_steps: int | None = None  # stop when this many training env steps are used
+    eval_every: int = 5  # evaluate the centre policy every k iterations (and at the end)
+    eval_episodes: int = 5
+    checkpoint_every: int = 10
+    normalize_obs: bool = True
+    device: str = "cpu"  # cpu | cuda | auto
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> Config:
+        checks = [
+            (self.iterations >= 1, "iterations", "must be at least 1"),
+            (self.horizon >= 1, "horizon", "must be at least 1"),
+            (self.eval_every >= 1, "eval_every", "must be at least 1"),
+            (self.eval_episodes >= 1, "eval_episodes", "must be at least 1"),
+            (self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1"),
+            (self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto"),
+            (self.backend.name in ("local", "ray"), "backend.name", "must be local or ray"),
+            (self.backend.workers >= 1, "backend.workers", "must be at least 1"),
+            (
+                self.max_env_steps is None or self.max_env_steps > 0,
+                "max_env_steps",
+                "must be positive",
+            ),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise OdepolicyError(f"config key {key!r} {why}")
+        try:
+            self.es.validate()
+        except ValueError as exc:
+            raise OdepolicyError(f"config: {exc}") from None
+        return self
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check (and gently coerce) a YAML value against a field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except OdepolicyError:
+                pass
+        names = " or ".join(_type_name(a) for a in args)
+        raise OdepolicyError(f"config key {key!r} must be {names}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise OdepolicyError(f"config key {key!r} must be a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:  # pragma: no cover - every field type is covered above
+        return value
+    raise OdepolicyError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise OdepolicyError(
+                f"unknown config key {prefix + str(key)!r}; known keys here: {', '.join(sorted(names))}"
+            )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise OdepolicyError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key=value` strings (value parsed as YAML) to a config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise OdepolicyError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise OdepolicyError(f"--set {key}: cannot parse value {raw!r}") from None
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
+    data = apply_overrides(dict(data or {}), list(overrides or []))
+    return _build(Config, data).validate()
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise OdepolicyError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise OdepolicyError(f"malformed YAML in {path}{where}") from None
+    except UnicodeDecodeError:
+        raise OdepolicyError(f"{path} is not a text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise OdepolicyError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return config_from_dict(read_yaml(path), overrides)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

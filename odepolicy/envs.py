@@ -1,0 +1,154 @@
+"""One interface over Gymnasium MuJoCo tasks and DeepMind Control Suite tasks.
+
+`make_env` returns an `Env` with float64 flat observations, the bounds of the action box, and the
+Gymnasium step contract (terminated and truncated kept apart). dm_control tasks come through
+Shimmy's Gymnasium ids (`dm_control/<domain>-<task>-v0`); their Dict observations are flattened
+in sorted key order, which is recorded (`obs_keys`) so a checkpoint can refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import OdepolicyError
+
+__all__ = ["Env", "EnvSpec", "make_env", "env_spec", "known_env_ids"]
+
+_DM_PREFIX = "dm_control/"
+_DM_DEFAULT_STEPS = 1000
+
+
+def _import_gym():
+    # Rendering needs a GL backend chosen before mujoco is first imported.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import gymnasium as gym
+
+    return gym
+
+
+def _register_dm_control() -> None:
+    try:
+        import shimmy  # noqa: F401  (registers the dm_control/* ids on import)
+    except ImportError as exc:  # pragma: no cover - shimmy is a declared dependency
+        raise OdepolicyError(f"dm_control tasks need shimmy[dm-control]: {exc}") from exc
+
+
+def known_env_ids() -> list[str]:
+    gym = _import_gym()
+    if any(k.startswith(_DM_PREFIX) for k in gym.registry):
+        return sorted(gym.registry)
+    _register_dm_control()
+    return sorted(gym.registry)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a policy and a checkpoint need to know about an environment."""
+
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    obs_keys: tuple[str, ...]
+    max_episode_steps: int | None
+
+
+class Env:
+    """A thin wrapper: flat float64 observations, `reset(seed)` and `step(action)`."""
+
+    def __init__(self, env, env_id: str, obs_keys: tuple[str, ...]):
+        self.gym_env = env
+        self.env_id = env_id
+        self.obs_keys = obs_keys
+        space = env.action_space
+        self.action_low = np.asarray(space.low, dtype=np.float64)
+        self.action_high = np.asarray(space.high, dtype=np.float64)
+        self.act_dim = int(np.prod(space.shape))
+        self.max_episode_steps = getattr(env.spec, "max_episode_steps", None)
+        obs, _ = env.reset(seed=0)
+        self.obs_dim = int(self._flatten(obs).shape[0])
+
+    def _flatten(self, obs) -> np.ndarray:
+        if isinstance(obs, dict):
+            return np.concatenate(
+                [np.asarray(obs[k], dtype=np.float64).ravel() for k in self.obs_keys]
+            )
+        return np.asarray(obs, dtype=np.float64).ravel()
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.gym_env.reset(seed=seed)
+        return self._flatten(obs)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, terminated, truncated, _ = self.gym_env.step(action)
+        return self._flatten(obs), float(reward), bool(terminated), bool(truncated)
+
+    def render(self):
+        return self.gym_env.render()
+
+    def close(self) -> None:
+        self.gym_env.close()
+
+    @property
+    def spec(self) -> EnvSpec:
+        return EnvSpec(
+            env_id=self.env_id,
+            obs_dim=self.obs_dim,
+            act_dim=self.act_dim,
+            action_low=tuple(self.action_low.tolist()),
+            action_high=tuple(self.action_high.tolist()),
+            obs_keys=self.obs_keys,
+            max_episode_steps=self.max_episode_steps,
+        )
+
+
+def make_env(
+    env_id: str,
+    seed: int | None = None,
+    max_episode_steps: int | None = None,
+    render_mode: str | None = None,
+) -> Env:
+    """Build an environment by Gymnasium id or `dm_control/<domain>-<task>-v0` id.
+
+    Unknown ids raise OdepolicyError naming close matches. dm_control tasks have no episode
+    limit in Shimmy's specs; they get the suite's usual 1000 steps unless told otherwise.
+    """
+    gym = _import_gym()
+    if env_id.startswith(_DM_PREFIX) or env_id not in gym.registry:
+        _register_dm_control()
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise OdepolicyError(f"unknown environment id {env_id!r}{hint}")
+    kwargs = {}
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    if max_episode_steps is None and env_id.startswith(_DM_PREFIX):
+        max_episode_steps = _DM_DEFAULT_STEPS
+    try:
+        env = gym.make(
+            env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **kwargs
+        )
+    except Exception as exc:  # a registered id that cannot be built here (missing extra)
+        raise OdepolicyError(f"cannot build environment {env_id!r}: {exc}") from exc
+    space = env.observation_space
+    obs_keys: tuple[str, ...] = ()
+    if hasattr(space, "spaces") and isinstance(space.spaces, dict):
+        obs_keys = tuple(sorted(space.spaces))
+    wrapped = Env(env, env_id, obs_keys)
+    if seed is not None:
+        wrapped.reset(seed=seed)
+    return wrapped
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    env = make_env(env_id)
+    try:
+        return env.spec
+    finally:
+        env.close()

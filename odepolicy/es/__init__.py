@@ -1,0 +1,17 @@
+"""Evolution strategies: seed-named noise, fitness shaping and the Riemannian update."""
+
+from .noise import NoiseSpec, direction, perturbed_params
+from .shaping import SHAPINGS, centered_ranks, direction_weights
+from .strategy import ESSettings, RiemannianES, iteration_seed
+
+__all__ = [
+    "NoiseSpec",
+    "direction",
+    "perturbed_params",
+    "SHAPINGS",
+    "centered_ranks",
+    "direction_weights",
+    "ESSettings",
+    "RiemannianES",
+    "iteration_seed",
+]

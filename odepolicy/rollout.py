@@ -1,0 +1,222 @@
+"""Evaluate a population of parameter vectors: environments in lockstep, one batched policy call.
+
+`evaluate_population` keeps one environment per parameter vector, pays the policy's `prepare`
+(the parameter-only matrix flow) once, then steps every live environment with a single batched
+`step` per time step; finished episodes drop out of the batch (DESIGN principles 1 and 2). An
+environment that raises, or yields a non-finite observation or reward, marks that perturbation
+failed with its reason; the others go on.
+
+`RolloutWorker` is what a backend holds in each process: a pool of environments reused across
+iterations and the policy; `run(task, indices)` regenerates the perturbations from their seeds
+and returns per-perturbation results tagged by index. It knows nothing of ES updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .envs import Env, make_env
+from .es.noise import NoiseSpec, perturbed_params
+from .normalizer import RunningStats
+
+__all__ = [
+    "PopulationResult",
+    "PerturbationResult",
+    "RolloutTask",
+    "RolloutWorker",
+    "evaluate_population",
+    "episode_seed",
+]
+
+
+@dataclass
+class PopulationResult:
+    returns: np.ndarray  # [P], NaN where failed
+    lengths: np.ndarray  # [P] env steps taken
+    failed: np.ndarray  # [P] bool
+    reasons: list[str]
+    obs_count: np.ndarray  # [P]
+    obs_sum: np.ndarray  # [P, obs_dim]
+    obs_sumsq: np.ndarray  # [P, obs_dim]
+
+    def stats(self, row: int) -> RunningStats:
+        """Observation statistics seen by one row, as a mergeable delta."""
+        n = float(self.obs_count[row])
+        dim = self.obs_sum.shape[1]
+        if n == 0:
+            return RunningStats(dim)
+        mean = self.obs_sum[row] / n
+        m2 = np.maximum(self.obs_sumsq[row] - n * mean * mean, 0.0)
+        return RunningStats(dim, n, mean, m2)
+
+
+def evaluate_population(
+    policy,
+    thetas: np.ndarray,
+    envs: list[Env],
+    seeds: list[int],
+    horizon: int,
+    obs_mean: np.ndarray | None = None,
+    obs_std: np.ndarray | None = None,
+    clip: float | None = None,
+) -> PopulationResult:
+    """Run one episode (up to `horizon` steps) per row of `thetas`, row i in `envs[i]`,
+    reset with `seeds[i]`. Observations are normalised with the frozen (obs_mean, obs_std)."""
+    P = len(thetas)
+    if len(envs) < P or len(seeds) < P:
+        raise ValueError("need one environment and one seed per parameter vector")
+    obs_dim = envs[0].obs_dim
+    mean = np.zeros(obs_dim) if obs_mean is None else np.asarray(obs_mean, dtype=np.float64)
+    std = np.ones(obs_dim) if obs_std is None else np.asarray(obs_std, dtype=np.float64)
+    returns = np.zeros(P)
+    lengths = np.zeros(P, dtype=np.int64)
+    failed = np.zeros(P, dtype=bool)
+    reasons = [""] * P
+    obs = np.zeros((P, obs_dim))
+    obs_sum = np.zeros((P, obs_dim))
+    obs_sumsq = np.zeros((P, obs_dim))
+    obs_count = np.zeros(P)
+
+    def fail(i: int, why: str) -> None:
+        failed[i], reasons[i] = True, why
+
+    for i in range(P):
+        try:
+            obs[i] = envs[i].reset(seed=int(seeds[i]))
+            if not np.all(np.isfinite(obs[i])):
+                fail(i, "non-finite observation at reset")
+        except Exception as exc:  # an environment that cannot reset fails its row only
+            fail(i, f"reset raised {type(exc).__name__}: {exc}")
+    live = np.flatnonzero(~failed)
+    prepared = policy.prepare(thetas) if P else None
+    if len(live) < P:
+        prepared = policy.select(prepared, live)
+    for _ in range(int(horizon)):
+        if len(live) == 0:
+            break
+        x = obs[live]
+        obs_sum[live] += x
+        obs_sumsq[live] += x * x
+        obs_count[live] += 1
+        z = (x - mean) / std
+        actions = policy.step(prepared, z if clip is None else np.clip(z, -clip, clip))
+        done = np.zeros(len(live), dtype=bool)
+        for pos, i in enumerate(live):
+            try:
+                o, r, terminated, truncated = envs[i].step(actions[pos])
+            except Exception as exc:
+                fail(i, f"step raised {type(exc).__name__}: {exc}")
+                done[pos] = True
+                continue
+            lengths[i] += 1
+            if not (np.isfinite(r) and np.all(np.isfinite(o))):
+                fail(i, "non-finite reward or observation")
+                done[pos] = True
+                continue
+            returns[i] += r
+            obs[i] = o
+            done[pos] = terminated or truncated
+        if done.any():
+            keep = np.flatnonzero(~done)
+            live = live[keep]
+            prepared = policy.select(prepared, keep)
+    returns[failed] = np.nan
+    return PopulationResult(returns, lengths, failed, reasons, obs_count, obs_sum, obs_sumsq)
+
+
+def episode_seed(iteration_seed: int, j: int) -> int:
+    """Environment seed of direction j: antithetic partners share a start state."""
+    return int(np.random.SeedSequence([iteration_seed, j, 1]).generate_state(1)[0])
+
+
+@dataclass
+class RolloutTask:
+    """What the driver sends a worker once per iteration (plus the indices to run).
+
+    With `noise` set, index k is perturbation k of that iteration; without it, index k is
+    evaluation episode k of the unperturbed centre, seeded `eval_seed + k`."""
+
+    center: np.ndarray
+    horizon: int
+    noise: NoiseSpec | None = None
+    obs_mean: np.ndarray | None = None
+    obs_std: np.ndarray | None = None
+    eval_seed: int = 0
+    obs_clip: float | None = None
+
+
+@dataclass
+class PerturbationResult:
+    index: int
+    ret: float
+    length: int
+    failed: bool
+    reason: str = ""
+    stats: dict = field(default_factory=dict)  # RunningStats.state() of the observations seen
+
+
+class RolloutWorker:
+    """Environments and a policy in one process; evaluates chunks of a population."""
+
+    def __init__(self, env_id: str, policy_spec: dict, max_episode_steps: int | None = None):
+        from .policies import make_policy
+
+        self.env_id = env_id
+        self.max_episode_steps = max_episode_steps
+        self.envs: list[Env] = [self._new_env()]
+        spec = self.envs[0].spec
+        self.policy = make_policy(
+            obs_dim=spec.obs_dim,
+            act_dim=spec.act_dim,
+            action_low=np.asarray(spec.action_low),
+            action_high=np.asarray(spec.action_high),
+            **policy_spec,
+        )
+
+    def _new_env(self) -> Env:
+        return make_env(self.env_id, max_episode_steps=self.max_episode_steps)
+
+    def _envs(self, n: int) -> list[Env]:
+        while len(self.envs) < n:
+            self.envs.append(self._new_env())
+        return self.envs[:n]
+
+    def run(self, task: RolloutTask, indices) -> list[PerturbationResult]:
+        indices = [int(k) for k in indices]
+        if task.noise is not None:
+            thetas = perturbed_params(task.noise, task.center, indices)
+            seeds = [
+                episode_seed(task.noise.iteration_seed, task.noise.direction_of(k)[0])
+                for k in indices
+            ]
+        else:
+            thetas = np.repeat(task.center[None, :], len(indices), axis=0)
+            seeds = [task.eval_seed + k for k in indices]
+        res = evaluate_population(
+            self.policy,
+            thetas,
+            self._envs(len(indices)),
+            seeds,
+            task.horizon,
+            task.obs_mean,
+            task.obs_std,
+            task.obs_clip,
+        )
+        return [
+            PerturbationResult(
+                index=k,
+                ret=float(res.returns[row]),
+                length=int(res.lengths[row]),
+                failed=bool(res.failed[row]),
+                reason=res.reasons[row],
+                stats=res.stats(row).state(),
+            )
+            for row, k in enumerate(indices)
+        ]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
