@@ -1,0 +1,150 @@
+"""The real command line, end to end, with real MuJoCo physics and files on disk."""
+
+import csv
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from odepolicy.checkpoint import read_checkpoint
+from odepolicy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PENDULUM = str(ROOT / "experiments" / "inverted_pendulum.yaml")
+TINY = [
+    "--set", "iterations=2",
+    "--set", "es.directions=3",
+    "--set", "horizon=30",
+    "--set", "eval_every=1",
+    "--set", "eval_episodes=2",
+    "--set", "checkpoint_every=1",
+    "--set", "policy.kwargs.hidden=4",
+    "--quiet",
+]  # fmt: skip
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "progress.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _center(run: Path) -> np.ndarray:
+    arrays, _ = read_checkpoint(run / "checkpoints" / "latest.npz")
+    return arrays["es.center"]
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _train(tmp_path, name, *extra, config=PENDULUM):
+    code = main(["train", config, "--out", str(tmp_path), "--name", name, *TINY, *extra])
+    assert code == 0
+    return tmp_path / name
+
+
+def test_run_folder_layout_and_determinism(tmp_path):
+    a = _train(tmp_path, "a")
+    b = _train(tmp_path, "b")
+    for name in ("config.yaml", "progress.csv", "meta.json", "checkpoints/latest.npz"):
+        assert (a / name).is_file()
+    ra, rb = _rows(a), _rows(b)
+    assert len(ra) == 2
+    for x, y in zip(ra, rb):
+        x.pop("wall_seconds"), y.pop("wall_seconds")
+        x.pop("steps_per_second"), y.pop("steps_per_second")
+        assert x == y
+    assert float(ra[-1]["manifold_distance"]) < 1e-10
+    assert np.array_equal(_center(a), _center(b))
+
+
+def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    full = _train(tmp_path, "full", "--set", "iterations=4")
+    part = _train(tmp_path, "part", "--set", "iterations=2")
+    assert main(["train", "--resume", str(part), "--set", "iterations=4", "--quiet"]) == 0
+    assert np.array_equal(_center(full), _center(part))
+    rf, rp = _rows(full), _rows(part)
+    assert [r["iteration"] for r in rp] == ["1", "2", "3", "4"]
+    assert [r["eval_return_mean"] for r in rf] == [r["eval_return_mean"] for r in rp]
+    af, _ = read_checkpoint(full / "checkpoints" / "latest.npz")
+    ap, _ = read_checkpoint(part / "checkpoints" / "latest.npz")
+    for key in af:
+        assert np.array_equal(af[key], ap[key]), key
+
+
+def test_evaluate_reproduces_the_trainers_evaluation(tmp_path, capsys):
+    run = _train(tmp_path, "ev")
+    logged = float(_rows(run)[-1]["eval_return_mean"])
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    value = float(out.split("return ")[1].split(" +-")[0])
+    assert value == pytest.approx(logged, abs=0.005)
+    from odepolicy.evaluate import evaluate_checkpoint
+
+    assert evaluate_checkpoint(run)["mean"] == logged  # bit for bit, not just to print precision
+
+
+def _expect_error(capsys, argv, needle):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("odepolicy: error:") and needle in err, err
+
+
+def test_bad_input_is_one_line_exit_2_and_leaves_runs_untouched(tmp_path, capsys):
+    run = _train(tmp_path, "keep")
+    before = _tree_digest(tmp_path)
+    capsys.readouterr()
+    out = ["--out", str(tmp_path), "--quiet"]
+    _expect_error(capsys, ["train", PENDULUM, "--set", "env=HalfCheetah-v9", *out], "HalfCheetah-v5")
+    _expect_error(capsys, ["train", PENDULUM, "--set", "policy.name=isoode", *out], "isoode")
+    _expect_error(capsys, ["train", PENDULUM, "--set", "es.sigmaa=1", *out], "es.sigmaa")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [InvertedPendulum-v5\nseed: 0\n")
+    _expect_error(capsys, ["train", str(bad), *out], "malformed YAML")
+    # a run name that exists is refused rather than overwritten
+    _expect_error(capsys, ["train", PENDULUM, *out, "--name", "keep"], "already exists")
+    # a checkpoint evaluated on an env with another observation size
+    _expect_error(capsys, ["evaluate", str(run), "--env", "Hopper-v5"], "obs")
+    # a truncated checkpoint file
+    ckpt = run / "checkpoints" / "latest.npz"
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(ckpt.read_bytes()[:300])
+    _expect_error(capsys, ["evaluate", str(cut)], "truncated")
+    # --resume of a folder that is not a run
+    (tmp_path / "notarun").mkdir()
+    _expect_error(capsys, ["train", "--resume", str(tmp_path / "notarun"), "--quiet"], "not a run")
+    cut.unlink()
+    bad.unlink()
+    (tmp_path / "notarun").rmdir()
+    assert _tree_digest(tmp_path) == before
+
+
+def test_console_script_help_lists_every_command():
+    exe = Path(sys.executable).with_name("odepolicy")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("train", "evaluate", "plot", "sweep", "bench"):
+        assert cmd in out
+
+
+@pytest.mark.slow
+def test_iso_odetoode_solves_inverted_pendulum_through_the_cli(tmp_path):
+    """The paper's policy and ES on InvertedPendulum-v5 reaches >= 950 (max 1000) in budget."""
+    exe = Path(sys.executable).with_name("odepolicy")
+    args = [str(exe), "train", PENDULUM, "--out", str(tmp_path), "--name", "pend", "--quiet"]
+    args += ["--set", "es.directions=20", "--set", "es.lr=0.1", "--set", "iterations=20"]
+    args += ["--set", "eval_every=2", "--set", "max_env_steps=400000"]
+    subprocess.run(args, check=True, timeout=180)
+    rows = _rows(tmp_path / "pend")
+    best = max(float(r["eval_return_mean"]) for r in rows if r["eval_return_mean"])
+    assert best >= 950.0
