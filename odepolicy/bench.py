@@ -101,6 +101,9 @@ def bench_command(args) -> int:
         args.backend, args.env, policy_spec, workers=args.workers, address=args.address
     )
     try:
+        # One untimed iteration builds the worker's environment pool, as a real run's first does.
+        warm = es.ask()
+        backend.evaluate(RolloutTask(es.center, 1, warm), list(range(warm.population)))
         steps, seconds = 0, 0.0
         for _ in range(args.iterations):
             noise = es.ask()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +23,21 @@ _DM_PREFIX = "dm_control/"
 _DM_DEFAULT_STEPS = 1000
 
 
+def _quiet_mujoco_warning(message: str) -> None:
+    # Gymnasium's half_cheetah.xml uses an attribute MuJoCo 3.x deprecates; MuJoCo prints the
+    # notice for every model compiled, hundreds per ES iteration. Other warnings still show.
+    if "settotalmass" not in message:
+        sys.stderr.write(f"MuJoCo warning: {message}\n")
+
+
 def _import_gym():
     # Rendering needs a GL backend chosen before mujoco is first imported.
     os.environ.setdefault("MUJOCO_GL", "egl")
     import gymnasium as gym
+    import mujoco
 
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_quiet_mujoco_warning)
     return gym
 
 

@@ -103,21 +103,22 @@ def evaluate_population(
         z = (x - mean) / std
         actions = policy.step(prepared, z if clip is None else np.clip(z, -clip, clip))
         done = np.zeros(len(live), dtype=bool)
+        rewards = np.zeros(len(live))
         for pos, i in enumerate(live):
             try:
-                o, r, terminated, truncated = envs[i].step(actions[pos])
+                obs[i], rewards[pos], terminated, truncated = envs[i].step(actions[pos])
             except Exception as exc:
                 fail(i, f"step raised {type(exc).__name__}: {exc}")
                 done[pos] = True
                 continue
-            lengths[i] += 1
-            if not (np.isfinite(r) and np.all(np.isfinite(o))):
-                fail(i, "non-finite reward or observation")
-                done[pos] = True
-                continue
-            returns[i] += r
-            obs[i] = o
             done[pos] = terminated or truncated
+        lengths[live] += 1
+        returns[live] += rewards
+        # One vectorised check per lockstep rather than one per environment step.
+        bad = ~(np.isfinite(rewards) & np.isfinite(obs[live]).all(axis=1)) & ~failed[live]
+        for pos in np.flatnonzero(bad):
+            fail(live[pos], "non-finite reward or observation")
+            done[pos] = True
         if done.any():
             keep = np.flatnonzero(~done)
             live = live[keep]

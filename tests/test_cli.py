@@ -106,7 +106,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_runs_untouched(tmp_path, capsys
     before = _tree_digest(tmp_path)
     capsys.readouterr()
     out = ["--out", str(tmp_path), "--quiet"]
-    _expect_error(capsys, ["train", PENDULUM, "--set", "env=HalfCheetah-v9", *out], "HalfCheetah-v5")
+    _expect_error(
+        capsys, ["train", PENDULUM, "--set", "env=HalfCheetah-v9", *out], "HalfCheetah-v5"
+    )
     _expect_error(capsys, ["train", PENDULUM, "--set", "policy.name=isoode", *out], "isoode")
     _expect_error(capsys, ["train", PENDULUM, "--set", "es.sigmaa=1", *out], "es.sigmaa")
     bad = tmp_path / "bad.yaml"

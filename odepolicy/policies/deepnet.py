@@ -1,0 +1,76 @@
+"""Discrete-depth baselines ("Ode to an ODE", Sec. 5): DeepNet and DeepResNet, each with
+`layers` (default 25) hidden layers of width h and separate weights per layer.
+
+* DeepNet: z_1 = tanh(W_1 s + b_1), z_l = tanh(W_l z_{l-1} + b_l), a = W_out z_L + b_out.
+  Init: weights ~ N(0, 1/fan_in), biases zero.
+* DeepResNet: x_0 = Omega_in s, x_l = x_{l-1} + f(W_l x_{l-1} + b_l), a = Omega_out x_L.
+  With f = |.| every residual adds a non-negative vector, so N(0, 1/h) weights would grow x
+  by up to (1 + 2)^25; the residual weights start at N(0, 1/(h L^2)) (spectral norm ~ 2/L),
+  which bounds the growth by about e^2. Projections ~ N(0, 1/fan_in), biases zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from ..manifolds import Euclidean
+from .base import Policy, _positive_int, activation, matvec
+
+__all__ = ["DeepNet", "DeepResNet"]
+
+
+class _Deep(Policy):
+    defaults: ClassVar[dict[str, Any]] = {"hidden": 16, "layers": 25}
+
+    def _configure(self) -> None:
+        kw = self.kwargs
+        self.hidden = kw["hidden"] = _positive_int(self.name, "hidden", kw["hidden"])
+        self.layers = kw["layers"] = _positive_int(self.name, "layers", kw["layers"])
+
+
+class DeepNet(_Deep):
+    name: ClassVar[str] = "deepnet"
+
+    def _blocks(self) -> list:
+        h, L = self.hidden, self.layers
+        return [
+            ("w_in", Euclidean(h, self.obs_dim, scale=1 / math.sqrt(self.obs_dim))),
+            ("b_in", Euclidean(h)),
+            ("W", Euclidean(L - 1, h, h, scale=1 / math.sqrt(h))),
+            ("b", Euclidean(L - 1, h)),
+            ("w_out", Euclidean(self.act_dim, h, scale=1 / math.sqrt(h))),
+            ("b_out", Euclidean(self.act_dim)),
+        ]
+
+    def _step(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+        z = torch.tanh(matvec(p["w_in"], s) + p["b_in"])
+        for l in range(self.layers - 1):
+            z = torch.tanh(matvec(p["W"][:, l], z) + p["b"][:, l])
+        return matvec(p["w_out"], z) + p["b_out"]
+
+
+class DeepResNet(_Deep):
+    name: ClassVar[str] = "deep_resnet"
+    defaults: ClassVar[dict[str, Any]] = {**_Deep.defaults, "activation": "abs"}
+
+    def _configure(self) -> None:
+        super()._configure()
+        self.f = activation(self.name, self.kwargs["activation"])
+
+    def _blocks(self) -> list:
+        h, L = self.hidden, self.layers
+        return [
+            ("omega_in", Euclidean(h, self.obs_dim, scale=1 / math.sqrt(self.obs_dim))),
+            ("omega_out", Euclidean(self.act_dim, h, scale=1 / math.sqrt(h))),
+            ("W", Euclidean(L, h, h, scale=1 / (L * math.sqrt(h)))),
+            ("b", Euclidean(L, h)),
+        ]
+
+    def _step(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+        x = matvec(p["omega_in"], s)
+        for l in range(self.layers):
+            x = x + self.f(matvec(p["W"][:, l], x) + p["b"][:, l])
+        return matvec(p["omega_out"], x)

@@ -1,0 +1,136 @@
+"""ODEtoODE policies ("Ode to an ODE", Choromanski et al. 2020, eq. 5-6).
+
+The hidden state follows x' = f(W_t x + b) while the weight matrix flows on the orthogonal
+group, W' = W_t b_psi(t, W_t) with b_psi skew-symmetric. Both flows use Euler steps; the matrix
+step is the exact exponential W_i = W_{i-1} expm(eta b_psi(t_{i-1}, W_{i-1})), so W_i is
+orthogonal whenever W_0 is:
+
+    x_0 = Omega_in s,   x_i = x_{i-1} + eta f(W_i x_{i-1} + b),   a = Omega_out x_N.
+
+* ISO-ODEtoODE: b(W) = [W^T Q W, N] = W^T Q W N - N W^T Q W, Q and N symmetric.
+* Gated-ODEtoODE: b(t, W) = sum_i a_i (F_i - F_i^T), F_i = tanh(W U_i + t V_i).
+
+W_1..W_N depend only on the parameters, so `prepare` computes them once for the whole
+population with batched `torch.linalg.matrix_exp` (DESIGN.md principle 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..manifolds import Euclidean, Stiefel, Symmetric
+from .base import ODEPolicy, _positive_int
+
+__all__ = ["ISOODEtoODE", "GatedODEtoODE"]
+
+
+def _sym(X: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (X + X.mT)
+
+
+def batch_matrix_exp(A: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.matrix_exp over a batch [P, h, h], the same bits for a row whatever P.
+
+    torch takes a different code path for a batch of one matrix than for larger batches (whose
+    rows are grouped by norm and each group handled by batched products), and the two differ in
+    the last bit. A lone matrix is therefore sent as a batch of two copies."""
+    if A.shape[0] == 1:
+        return torch.linalg.matrix_exp(A.expand(2, -1, -1))[:1]
+    return torch.linalg.matrix_exp(A)
+
+
+class ODEtoODE(ODEPolicy):
+    """Shared skeleton: Stiefel projections, a Euclidean bias and W_0 in O(h); subclasses give
+    the skew generator b_psi(t, W) and its parameter blocks."""
+
+    def _generator_blocks(self) -> list:
+        raise NotImplementedError
+
+    def _generator(self, t: float, W: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _blocks(self) -> list:
+        h = self.hidden
+        return [
+            ("omega_in", Stiefel(h, self.obs_dim)),
+            ("omega_out", Stiefel(self.act_dim, h)),
+            ("bias", Euclidean(h)),
+            *self._generator_blocks(),
+            ("W0", Stiefel(h, h)),
+        ]
+
+    def _flow(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """W_1..W_N as [P, N, h, h]."""
+        W = p["W0"]
+        Ws = []
+        for i in range(self.n_steps):
+            B = self._generator(i * self.eta, W, p)
+            W = W @ batch_matrix_exp(self.eta * B)
+            Ws.append(W)
+        return torch.stack(Ws, dim=1)
+
+    def _prepare(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "omega_in": p["omega_in"],
+            "omega_out": p["omega_out"],
+            "bias": p["bias"],
+            "W": self._flow(p),
+        }
+
+    def matrix_flow(self, theta: np.ndarray) -> np.ndarray:
+        """W_0, W_1, ..., W_N of one parameter vector, as [N+1, h, h]."""
+        prepared = self.prepare(np.asarray(theta, dtype=np.float64)[None, :])
+        W0 = self.layout.unflatten(np.asarray(theta, dtype=np.float64))["W0"]
+        return np.concatenate([W0[None], prepared["W"][0].cpu().numpy()])
+
+
+class ISOODEtoODE(ODEtoODE):
+    """ISO-ODEtoODE: b(W) = W^T Q W N - N W^T Q W (an isospectral flow of W^T Q W).
+
+    ES perturbs Q and N as full matrices; the forward pass uses their symmetric parts, so the
+    generator is skew for any parameter vector. Q and N start as small random symmetric matrices
+    (entries ~ N(0, init_scale^2 / h) before symmetrising; spectral norms ~ init_scale), so
+    W_t starts moving but not wildly; with Q = 0 or N = 0 the flow is constant, W_i = W_0."""
+
+    name: ClassVar[str] = "iso_odetoode"
+    defaults: ClassVar[dict[str, Any]] = {**ODEPolicy.defaults, "init_scale": 0.5}
+
+    def _generator_blocks(self) -> list:
+        scale = float(self.kwargs["init_scale"]) / math.sqrt(self.hidden)
+        return [("N", Symmetric(self.hidden, scale)), ("Q", Symmetric(self.hidden, scale))]
+
+    def _generator(self, t: float, W: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        # M = W^T Q W is symmetrised so that C - C^T below is exactly [M, N] and exactly skew.
+        M = _sym(W.mT @ _sym(p["Q"]) @ W)
+        C = M @ _sym(p["N"])
+        return C - C.mT
+
+
+class GatedODEtoODE(ODEtoODE):
+    """Gated-ODEtoODE: b(t, W) = sum_i a_i (F_i - F_i^T), F_i = tanh(W U_i + t V_i).
+
+    Blocks `a` [g], `U` [g, h, h], `V` [g, h, h] hold the g gates stacked. Init: U_i, V_i
+    ~ N(0, 1/h) entries, a_i ~ N(0, init_scale^2)."""
+
+    name: ClassVar[str] = "gated_odetoode"
+    defaults: ClassVar[dict[str, Any]] = {**ODEPolicy.defaults, "gates": 2, "init_scale": 0.5}
+
+    def _configure(self) -> None:
+        super()._configure()
+        self.gates = self.kwargs["gates"] = _positive_int(self.name, "gates", self.kwargs["gates"])
+
+    def _generator_blocks(self) -> list:
+        g, h = self.gates, self.hidden
+        return [
+            ("a", Euclidean(g, scale=float(self.kwargs["init_scale"]))),
+            ("U", Euclidean(g, h, h, scale=1.0 / math.sqrt(h))),
+            ("V", Euclidean(g, h, h, scale=1.0 / math.sqrt(h))),
+        ]
+
+    def _generator(self, t: float, W: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        F = torch.tanh(W.unsqueeze(1) @ p["U"] + t * p["V"])  # [P, g, h, h]
+        return (p["a"][:, :, None, None] * (F - F.mT)).sum(1)
