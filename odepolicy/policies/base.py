@@ -8,11 +8,12 @@ step and costs a few batched mat-vecs.
 
 All arithmetic is float64 torch on `device`; numpy goes in and comes out. A row's result never
 depends on the other rows of the batch, bit for bit, so results do not depend on how a
-population is split across workers. Batched mat-vecs are written as `(W * x[..., None, :]).sum(-1)`
-rather than `bmm`: on CPU, torch's batched mat-vec picks a different kernel for batch size one
-and for larger batches (seen with h = 64), which changes the last bits; the elementwise form
-reduces each row the same way whatever the batch. `torch.linalg.matrix_exp` needs similar care
-(see `odetoode.batch_matrix_exp`). On CUDA no bitwise promise is made.
+population is split across workers. On CPU, torch's `bmm` picks a different kernel for a batch
+of one than for larger batches (seen with h = 64), which changes the last bits, while batches of
+two or more agree row for row; so `matvec` sends a lone row as a batch of two copies. (The
+elementwise form `(W * x[..., None, :]).sum(-1)` is batch-invariant too but 1.5x slower at
+P = 400, h = 16.) `torch.linalg.matrix_exp` needs the same care (see
+`odetoode.batch_matrix_exp`). On CUDA no bitwise promise is made.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def matvec(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Row-wise W x for W [..., r, c], x [..., c] -> [..., r]; batch-invariant (see module doc)."""
-    return (W * x.unsqueeze(-2)).sum(-1)
+    """Row-wise W x for W [P, r, c], x [P, c] -> [P, r]; batch-invariant (see module doc)."""
+    if W.shape[0] == 1:
+        W2 = W.expand(2, *W.shape[1:])
+        return torch.bmm(W2, x.expand(2, -1).unsqueeze(-1))[:1, :, 0]
+    return torch.bmm(W, x.unsqueeze(-1))[:, :, 0]
 
 
 def activation(policy: str, name: str):
