@@ -150,3 +150,16 @@ def test_iso_odetoode_solves_inverted_pendulum_through_the_cli(tmp_path):
     rows = _rows(tmp_path / "pend")
     best = max(float(r["eval_return_mean"]) for r in rows if r["eval_return_mean"])
     assert best >= 950.0
+
+
+def test_evaluate_renders_a_video_headless(tmp_path, capsys):
+    import imageio.v2 as imageio
+
+    run = _train(tmp_path, "vid")
+    video = tmp_path / "out" / "pendulum.mp4"
+    assert main(["evaluate", str(run), "--episodes", "1", "--video", str(video)]) == 0
+    frames = imageio.mimread(video, memtest=False)
+    assert 2 <= len(frames) <= 31  # horizon 30: at most 30 steps plus the first frame
+    assert frames[0].shape == (360, 480, 3)
+    assert frames[0].max() > 100 and frames[0].std() > 5  # a rendered scene, not a blank frame
+    assert any((f != frames[0]).any() for f in frames[1:])  # the pole moves
