@@ -104,7 +104,13 @@ def evaluate_population(
         actions = policy.step(prepared, z if clip is None else np.clip(z, -clip, clip))
         done = np.zeros(len(live), dtype=bool)
         rewards = np.zeros(len(live))
+        # MuJoCo silently resets a simulation given a NaN control; catch it before it does.
+        for pos in np.flatnonzero(~np.isfinite(actions).all(axis=1)):
+            fail(live[pos], "non-finite action from the policy")
+            done[pos] = True
         for pos, i in enumerate(live):
+            if done[pos]:
+                continue
             try:
                 obs[i], rewards[pos], terminated, truncated = envs[i].step(actions[pos])
             except Exception as exc:
@@ -161,6 +167,12 @@ class PerturbationResult:
 class RolloutWorker:
     """Environments and a policy in one process; evaluates chunks of a population."""
 
+    # Environments stepped in lockstep at once. Larger batches amortise the policy's per-call
+    # cost, but hundreds of MuJoCo models no longer fit in cache: on HalfCheetah-v5 with
+    # ISO-ODEtoODE, 64 at a time is 9% faster per step than all 400 of a paper-sized population,
+    # and the worker holds 64 environments instead of 400.
+    lockstep = 64
+
     def __init__(self, env_id: str, policy_spec: dict, max_episode_steps: int | None = None):
         from .policies import make_policy
 
@@ -195,27 +207,31 @@ class RolloutWorker:
         else:
             thetas = np.repeat(task.center[None, :], len(indices), axis=0)
             seeds = [task.eval_seed + k for k in indices]
-        res = evaluate_population(
-            self.policy,
-            thetas,
-            self._envs(len(indices)),
-            seeds,
-            task.horizon,
-            task.obs_mean,
-            task.obs_std,
-            task.obs_clip,
-        )
-        return [
-            PerturbationResult(
-                index=k,
-                ret=float(res.returns[row]),
-                length=int(res.lengths[row]),
-                failed=bool(res.failed[row]),
-                reason=res.reasons[row],
-                stats=res.stats(row).state(),
+        out = []
+        for start in range(0, len(indices), self.lockstep):
+            rows = slice(start, start + self.lockstep)
+            res = evaluate_population(
+                self.policy,
+                thetas[rows],
+                self._envs(len(thetas[rows])),
+                seeds[rows],
+                task.horizon,
+                task.obs_mean,
+                task.obs_std,
+                task.obs_clip,
             )
-            for row, k in enumerate(indices)
-        ]
+            out += [
+                PerturbationResult(
+                    index=k,
+                    ret=float(res.returns[row]),
+                    length=int(res.lengths[row]),
+                    failed=bool(res.failed[row]),
+                    reason=res.reasons[row],
+                    stats=res.stats(row).state(),
+                )
+                for row, k in enumerate(indices[rows])
+            ]
+        return out
 
     def close(self) -> None:
         for env in self.envs:
