@@ -175,9 +175,10 @@ def cmd_evaluate(args) -> int:
         fps=args.fps,
         size=(args.width, args.height),
     )
+    last_seed = out["seed"] + out["episodes"] - 1
     print(
         f"{out['env_id']} {out['policy']}: return {out['mean']:.2f} +- {out['std']:.2f} "
-        f"over {out['episodes']} episodes (seeds {out['seed']}..{out['seed'] + out['episodes'] - 1})"
+        f"over {out['episodes']} episodes (seeds {out['seed']}..{last_seed})"
     )
     if args.video:
         print(f"video written to {args.video}")

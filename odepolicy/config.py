@@ -130,9 +130,8 @@ def _build(cls, data: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise OdepolicyError(
-                f"unknown config key {prefix + str(key)!r}; known keys here: {', '.join(sorted(names))}"
-            )
+            known = ", ".join(sorted(names))
+            raise OdepolicyError(f"unknown config key {prefix + str(key)!r}; known here: {known}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -30,6 +30,7 @@ class Backend(ABC):
     def evaluate(self, task: RolloutTask, indices: list[int]) -> list[PerturbationResult]:
         """Run `indices` of `task`; results sorted by index, each index exactly once."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release workers. Safe to call twice."""
 
