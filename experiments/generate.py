@@ -28,6 +28,7 @@ class _NoAliases(yaml.SafeDumper):
 def _dump(data) -> str:
     return yaml.dump(data, Dumper=_NoAliases, sort_keys=False)
 
+
 # task slug -> (env id, ISO hidden size, reward shift removing the survival bonus)
 TASKS = {
     "humanoid": ("Humanoid-v5", 64, 5.0),
@@ -133,8 +134,7 @@ def main() -> None:
     }
     (HERE / "figure2.yaml").write_text(
         "# The whole Figure 2: 8 tasks x 8 methods x 10 seeds, each run its own Ray job.\n"
-        "# odepolicy sweep experiments/figure2.yaml --address auto\n"
-        + _dump(figure2)
+        "# odepolicy sweep experiments/figure2.yaml --address auto\n" + _dump(figure2)
     )
     reduced = {
         "out": "runs/reduced",
