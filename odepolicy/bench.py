@@ -90,11 +90,17 @@ def bench_command(args) -> int:
     )
     bare = bare_steps_per_second(args.env, horizon=args.horizon)
     print(f"bare env stepping, 1 core:      {bare:12,.0f} steps/s")
-    t_prep, t_step = _policy_costs(policy, es.center, population)
-    print(f"policy prepare (P={population}):       {t_prep * 1e3:12.2f} ms per rollout")
+    from .rollout import RolloutWorker
+
+    batch = min(population, RolloutWorker.lockstep)  # envs a worker steps in lockstep
+    t_prep, t_step = _policy_costs(policy, es.center, batch)
     print(
-        f"policy step (P={population}):          {t_step * 1e6:12.1f} us per lockstep "
-        f"({t_step / population * 1e6:.2f} us per env step)"
+        f"policy prepare (P={batch}):        {t_prep * 1e3:12.2f} ms per rollout "
+        f"({t_prep / batch / args.horizon * 1e6:.2f} us per env step)"
+    )
+    print(
+        f"policy step (P={batch}):           {t_step * 1e6:12.1f} us per lockstep "
+        f"({t_step / batch * 1e6:.2f} us per env step)"
     )
 
     backend = make_backend(
