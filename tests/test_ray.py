@@ -147,7 +147,6 @@ def test_cli_joins_an_existing_cluster(tmp_path):
         "--node-ip-address=127.0.0.1",
         "--num-cpus=1",
         "--include-dashboard=false",
-        f"--ray-client-server-port={_free_port()}",
         f"--dashboard-agent-listen-port={_free_port()}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
