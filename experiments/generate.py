@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from odepolicy.envs import env_spec
+from odepolicy.policies import POLICIES
 from odepolicy.policies.sizing import count_params, match_size
 
 HERE = Path(__file__).resolve().parent
@@ -40,16 +41,7 @@ TASKS = {
     "dmc_humanoid_stand": ("dm_control/humanoid-stand-v0", 16, 0.0),
     "dmc_humanoid_walk": ("dm_control/humanoid-walk-v0", 16, 0.0),
 }
-METHODS = [
-    "iso_odetoode",
-    "gated_odetoode",
-    "base_ode",
-    "nanode",
-    "hypernet",
-    "deepnet",
-    "deep_resnet",
-    "linear",
-]
+METHODS = list(POLICIES)  # registry order: ISO-ODEtoODE first, Linear last
 ODE_KWARGS = {"T": 1.0, "eta": 0.04}
 
 # The reduced comparison committed in results/: what fits one 2-core machine in about an hour.

@@ -62,8 +62,7 @@ def bench_command(args) -> int:
     from .backends import make_backend
     from .envs import make_env
     from .es import ESSettings, RiemannianES
-    from .policies import make_policy
-    from .rollout import RolloutTask
+    from .rollout import RolloutTask, RolloutWorker, policy_for_env
 
     torch.set_num_threads(1)
     if args.perturbations < 1 or args.horizon < 1 or args.iterations < 1:
@@ -73,13 +72,7 @@ def bench_command(args) -> int:
     env.close()
     kwargs = {} if args.hidden is None else {"hidden": args.hidden}
     policy_spec = {"name": args.policy, **kwargs}
-    policy = make_policy(
-        obs_dim=spec.obs_dim,
-        act_dim=spec.act_dim,
-        action_low=np.asarray(spec.action_low),
-        action_high=np.asarray(spec.action_high),
-        **policy_spec,
-    )
+    policy = policy_for_env(spec, policy_spec)
     settings = ESSettings(directions=args.perturbations, antithetic=not args.no_antithetic)
     es = RiemannianES(policy.layout, policy.init(np.random.default_rng(0)), settings, seed=0)
     population = es.ask().population
@@ -90,8 +83,6 @@ def bench_command(args) -> int:
     )
     bare = bare_steps_per_second(args.env, horizon=args.horizon)
     print(f"bare env stepping, 1 core:      {bare:12,.0f} steps/s")
-    from .rollout import RolloutWorker
-
     batch = min(population, RolloutWorker.lockstep)  # envs a worker steps in lockstep
     t_prep, t_step = _policy_costs(policy, es.center, batch)
     print(

@@ -168,23 +168,29 @@ def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
     return _build(Config, data).validate()
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
+    """A YAML file that must hold a mapping; OdepolicyError (one line) names what is wrong.
+    `what` names the kind of file ("config file", "sweep file"), `expected` what it holds."""
     path = Path(path)
     if not path.is_file():
-        raise OdepolicyError(f"config file not found: {path}")
+        raise OdepolicyError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise OdepolicyError(f"malformed YAML in {path}{where}") from None
+        raise OdepolicyError(f"malformed YAML in {what} {path}{where}") from None
     except UnicodeDecodeError:
-        raise OdepolicyError(f"{path} is not a text file") from None
+        raise OdepolicyError(f"{what} {path} is not a text file") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise OdepolicyError(f"{path} must hold a mapping of config keys")
+        raise OdepolicyError(f"{what} {path} must hold a mapping ({expected})")
     return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    return read_yaml_mapping(path, "config file", "config keys")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .envs import Env, make_env
+from .envs import Env, EnvSpec, make_env
 from .es.noise import NoiseSpec, perturbed_params
 from .normalizer import RunningStats
 
 __all__ = [
+    "policy_for_env",
     "PopulationResult",
     "PerturbationResult",
     "RolloutTask",
@@ -133,6 +134,20 @@ def evaluate_population(
     return PopulationResult(returns, lengths, failed, reasons, obs_count, obs_sum, obs_sumsq)
 
 
+def policy_for_env(spec: EnvSpec, policy_spec: dict):
+    """The policy named by `policy_spec` ({"name": ..., **kwargs}) sized to an environment,
+    its actions clipped to the environment's action box."""
+    from .policies import make_policy
+
+    return make_policy(
+        obs_dim=spec.obs_dim,
+        act_dim=spec.act_dim,
+        action_low=np.asarray(spec.action_low),
+        action_high=np.asarray(spec.action_high),
+        **policy_spec,
+    )
+
+
 def episode_seed(iteration_seed: int, j: int) -> int:
     """Environment seed of direction j: antithetic partners share a start state."""
     return int(np.random.SeedSequence([iteration_seed, j, 1]).generate_state(1)[0])
@@ -174,19 +189,10 @@ class RolloutWorker:
     lockstep = 64
 
     def __init__(self, env_id: str, policy_spec: dict, max_episode_steps: int | None = None):
-        from .policies import make_policy
-
         self.env_id = env_id
         self.max_episode_steps = max_episode_steps
         self.envs: list[Env] = [self._new_env()]
-        spec = self.envs[0].spec
-        self.policy = make_policy(
-            obs_dim=spec.obs_dim,
-            act_dim=spec.act_dim,
-            action_low=np.asarray(spec.action_low),
-            action_high=np.asarray(spec.action_high),
-            **policy_spec,
-        )
+        self.policy = policy_for_env(self.envs[0].spec, policy_spec)
 
     def _new_env(self) -> Env:
         return make_env(self.env_id, max_episode_steps=self.max_episode_steps)

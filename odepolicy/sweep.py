@@ -43,7 +43,7 @@ import yaml
 
 from . import OdepolicyError
 from .checkpoint import read_checkpoint
-from .config import Config, load_config
+from .config import Config, load_config, read_yaml_mapping
 
 __all__ = ["SweepRun", "load_sweep", "plan_runs", "run_status", "sweep_command"]
 
@@ -79,18 +79,7 @@ def _string_list(value, what: str, path: Path) -> list[str]:
 def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file; OdepolicyError names what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise OdepolicyError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise OdepolicyError(f"malformed YAML in sweep file {path}{where}") from None
-    except UnicodeDecodeError:
-        raise OdepolicyError(f"sweep file {path} is not a text file") from None
-    if not isinstance(data, dict):
-        raise OdepolicyError(f"sweep file {path} must hold a mapping (out, seeds, configs, ...)")
+    data = read_yaml_mapping(path, "sweep file", "out, seeds, configs, ...")
     unknown = set(data) - _KEYS
     if unknown:
         raise OdepolicyError(

@@ -29,8 +29,7 @@ from .config import Config, config_from_dict, dump_config, read_yaml
 from .envs import EnvSpec, make_env
 from .es import RiemannianES
 from .normalizer import ObsNormalizer, RunningStats
-from .policies import make_policy
-from .rollout import RolloutTask
+from .rollout import RolloutTask, policy_for_env
 
 __all__ = ["Trainer", "train", "resume", "PROGRESS_COLUMNS", "library_versions", "run_name"]
 
@@ -95,13 +94,7 @@ class Trainer:
         self.policy_spec = {"name": config.policy.name, **config.policy.kwargs}
         if config.device != "cpu":
             self.policy_spec["device"] = config.device
-        self.policy = make_policy(
-            obs_dim=self.env_spec.obs_dim,
-            act_dim=self.env_spec.act_dim,
-            action_low=np.asarray(self.env_spec.action_low),
-            action_high=np.asarray(self.env_spec.action_high),
-            **self.policy_spec,
-        )
+        self.policy = policy_for_env(self.env_spec, self.policy_spec)
         rng = np.random.default_rng(config.seed)
         self.es = RiemannianES(self.policy.layout, self.policy.init(rng), config.es, config.seed)
         self.normalizer = ObsNormalizer(self.env_spec.obs_dim, enabled=config.normalize_obs)
