@@ -33,7 +33,7 @@ demo: $(STAMP)
 	@echo "reward curve written to runs/demo/reward_curve.png"
 
 bench: $(STAMP)
-	$(VENV)/bin/odepolicy bench --env HalfCheetah-v5 --policy iso_odetoode --perturbations 200
+	$(VENV)/bin/odepolicy bench --env HalfCheetah-v5 --policy iso_odetoode --perturbations 8 100
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

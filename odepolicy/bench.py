@@ -1,8 +1,11 @@
 """`odepolicy bench`: ES throughput against the limit of bare environment stepping.
 
 DESIGN principle 5: an ES iteration should cost barely more than stepping the same number of
-environment steps with a constant action. This prints both rates, their ratio, the policy's
-`prepare` and per-step cost at the population size, and peak resident memory.
+environment steps with a constant action, at small populations (ARS-style, 8 directions) as at
+large ones. For each population size this runs real training iterations through the trainer's
+own `Trainer.iterate` (ask, evaluate, merge statistics, tell) and prints their env steps/s, the
+ratio to bare stepping, the policy's `prepare` and per-step cost at the lockstep batch size, and
+peak resident memory. The sizes are printed side by side.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import time
 
 import numpy as np
 
-__all__ = ["bare_steps_per_second", "bench_command"]
+from . import OdepolicyError
+
+__all__ = ["bare_steps_per_second", "bench_command", "policy_costs"]
 
 
 def bare_steps_per_second(env_id: str, steps: int = 20_000, horizon: int = 1000) -> float:
@@ -34,9 +39,8 @@ def bare_steps_per_second(env_id: str, steps: int = 20_000, horizon: int = 1000)
     return rate
 
 
-def _policy_costs(
-    policy, theta: np.ndarray, population: int, repeats: int = 20
-) -> tuple[float, float]:
+def policy_costs(policy, theta: np.ndarray, population: int, repeats: int = 20) -> tuple:
+    """(prepare seconds per call, step seconds per call) at batch size `population`."""
     thetas = np.repeat(theta[None, :], population, axis=0)
     thetas = thetas + 1e-3 * np.random.default_rng(0).standard_normal(thetas.shape)
     obs = np.random.default_rng(1).standard_normal((population, policy.obs_dim))
@@ -45,6 +49,7 @@ def _policy_costs(
     for _ in range(3):
         prepared = policy.prepare(thetas)
     t_prep = (time.perf_counter() - t0) / 3
+    policy.step(prepared, obs)
     t0 = time.perf_counter()
     for _ in range(repeats):
         policy.step(prepared, obs)
@@ -55,75 +60,88 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench_command(args) -> int:
-    import torch
+def _bench_population(args, spec, directions: int) -> dict:
+    """Time `args.iterations` real ES iterations with `directions` directions."""
+    from .config import BackendConfig, Config, PolicyConfig
+    from .es import ESSettings
+    from .rollout import RolloutWorker
+    from .trainer import Trainer
 
-    from . import OdepolicyError
-    from .backends import make_backend
-    from .envs import make_env
-    from .es import ESSettings, RiemannianES
-    from .rollout import RolloutTask, RolloutWorker, policy_for_env
-
-    torch.set_num_threads(1)
-    if args.perturbations < 1 or args.horizon < 1 or args.iterations < 1:
-        raise OdepolicyError("--perturbations, --horizon and --iterations must be positive")
-    env = make_env(args.env)
-    spec = env.spec
-    env.close()
     kwargs = {} if args.hidden is None else {"hidden": args.hidden}
-    policy_spec = {"name": args.policy, **kwargs}
-    policy = policy_for_env(spec, policy_spec)
-    settings = ESSettings(directions=args.perturbations, antithetic=not args.no_antithetic)
-    es = RiemannianES(policy.layout, policy.init(np.random.default_rng(0)), settings, seed=0)
-    population = es.ask().population
-
-    print(
-        f"env {args.env} (obs {spec.obs_dim}, act {spec.act_dim}); policy {args.policy} "
-        f"({policy.num_params} params); population {population}; horizon {args.horizon}"
-    )
-    bare = bare_steps_per_second(args.env, horizon=args.horizon)
-    print(f"bare env stepping, 1 core:      {bare:12,.0f} steps/s")
+    config = Config(
+        env=args.env,
+        policy=PolicyConfig(args.policy, kwargs),
+        es=ESSettings(directions=directions, antithetic=not args.no_antithetic),
+        horizon=args.horizon,
+        backend=BackendConfig(args.backend, args.workers, args.address),
+    ).validate()
+    trainer = Trainer(config, spec=spec)
+    population = trainer.es.ask().population
     batch = min(population, RolloutWorker.lockstep)  # envs a worker steps in lockstep
-    t_prep, t_step = _policy_costs(policy, es.center, batch)
-    print(
-        f"policy prepare (P={batch}):        {t_prep * 1e3:12.2f} ms per rollout "
-        f"({t_prep / batch / args.horizon * 1e6:.2f} us per env step)"
-    )
-    print(
-        f"policy step (P={batch}):           {t_step * 1e6:12.1f} us per lockstep "
-        f"({t_step / batch * 1e6:.2f} us per env step)"
-    )
-
-    backend = make_backend(
-        args.backend, args.env, policy_spec, workers=args.workers, address=args.address
-    )
+    t_prep, t_step = policy_costs(trainer.policy, trainer.es.center, batch)
+    backend = trainer.open_backend()
     try:
-        # One untimed iteration builds the worker's environment pool, as a real run's first does.
-        warm = es.ask()
-        backend.evaluate(RolloutTask(es.center, 1, warm), list(range(warm.population)))
-        steps, seconds = 0, 0.0
+        # One short untimed iteration builds the workers' environment pools, as a real run's
+        # first iteration does.
+        config.horizon = 1
+        trainer.iterate()
+        config.horizon = args.horizon
+        steps0, t0 = trainer.counters.env_steps, time.perf_counter()
         for _ in range(args.iterations):
-            noise = es.ask()
-            task = RolloutTask(es.center, args.horizon, noise)
-            t0 = time.perf_counter()
-            results = backend.evaluate(task, list(range(noise.population)))
-            seconds += time.perf_counter() - t0
-            es.tell(
-                noise, np.array([r.ret for r in results]), np.array([r.length for r in results])
-            )
-            steps += sum(r.length for r in results)
+            trainer.iterate()
+        seconds = time.perf_counter() - t0
+        steps = trainer.counters.env_steps - steps0
         workers = backend.num_workers
         worker_mem = backend.peak_memory_mb() if hasattr(backend, "peak_memory_mb") else {}
     finally:
         backend.close()
-    rate = steps / seconds
-    print(
-        f"ES iteration ({args.backend}, {workers} worker(s)): {rate:12,.0f} steps/s "
-        f"({steps:,} steps in {seconds:.1f} s over {args.iterations} iterations)"
-    )
-    print(f"per worker:                     {rate / workers:12,.0f} steps/s")
-    print(f"ratio to bare stepping x {workers}:  {rate / (bare * workers):12.3f}")
-    print(f"peak memory, driver:            {_peak_mb():12.0f} MB")
-    for name, mb in worker_mem.items():
-        print(f"peak memory, {name}:{' ' * max(1, 18 - len(name))}{mb:12.0f} MB")
+    return {
+        "directions": directions,
+        "population": population,
+        "params": trainer.policy.num_params,
+        "batch": batch,
+        "prepare_ms": t_prep * 1e3,
+        "prepare_us_per_step": t_prep / batch / args.horizon * 1e6,
+        "step_us_per_env_step": t_step / batch * 1e6,
+        "rate": steps / seconds,
+        "steps": steps,
+        "seconds": seconds,
+        "workers": workers,
+        "worker_mem": worker_mem,
+    }
+
+
+def bench_command(args) -> int:
+    import torch
+
+    from .envs import env_spec
+
+    torch.set_num_threads(1)
+    sizes = list(args.perturbations)
+    if min(sizes) < 1 or args.horizon < 1 or args.iterations < 1:
+        raise OdepolicyError("--perturbations, --horizon and --iterations must be positive")
+    spec = env_spec(args.env)
+    print(f"env {args.env} (obs {spec.obs_dim}, act {spec.act_dim}); policy {args.policy}")
+    bare = bare_steps_per_second(args.env, horizon=args.horizon)
+    print(f"bare env stepping, 1 core: {bare:,.0f} steps/s; horizon {args.horizon}")
+    rows = [_bench_population(args, spec, k) for k in sizes]
+    label = f"ES iteration ({args.backend})"
+    table = [
+        ("directions", lambda r: f"{r['directions']}"),
+        ("population", lambda r: f"{r['population']}"),
+        ("parameters", lambda r: f"{r['params']}"),
+        ("lockstep batch P", lambda r: f"{r['batch']}"),
+        ("prepare, ms per batch", lambda r: f"{r['prepare_ms']:.2f}"),
+        ("prepare, us per env step", lambda r: f"{r['prepare_us_per_step']:.2f}"),
+        ("policy step, us per env step", lambda r: f"{r['step_us_per_env_step']:.2f}"),
+        (f"{label}, steps/s", lambda r: f"{r['rate']:,.0f}"),
+        ("workers", lambda r: f"{r['workers']}"),
+        ("ratio to bare x workers", lambda r: f"{r['rate'] / (bare * r['workers']):.3f}"),
+    ]
+    width = max(len(name) for name, _ in table)
+    for name, cell in table:
+        print(f"{name:<{width}}  " + "  ".join(f"{cell(r):>12}" for r in rows))
+    print(f"peak memory, driver: {_peak_mb():.0f} MB")
+    for name, mb in rows[-1]["worker_mem"].items():
+        print(f"peak memory, {name}: {mb:.0f} MB")
     return 0

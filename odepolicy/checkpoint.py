@@ -81,26 +81,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_policy(path: str | Path, device: str = "cpu"):
     """(policy, theta, normalizer, metadata) from a checkpoint file or run folder."""
-    from .normalizer import ObsNormalizer
-    from .policies import make_policy
+    from .state import policy_from_checkpoint
 
     arrays, meta = read_checkpoint(resolve_checkpoint(path))
-    env = meta["env"]
-    policy = make_policy(
-        meta["policy"]["name"],
-        env["obs_dim"],
-        env["act_dim"],
-        action_low=np.asarray(env["action_low"]),
-        action_high=np.asarray(env["action_high"]),
-        device=device,
-        **meta["policy"]["kwargs"],
-    )
-    theta = arrays["es.center"]
-    if theta.shape != (policy.num_params,):
-        raise OdepolicyError(
-            f"checkpoint parameters have shape {theta.shape}, policy expects {policy.num_params}"
-        )
-    normalizer = ObsNormalizer.from_state(
-        {k[len("norm.") :]: v for k, v in arrays.items() if k.startswith("norm.")}
-    )
+    policy, theta, normalizer = policy_from_checkpoint(arrays, meta, device)
     return policy, theta, normalizer, meta

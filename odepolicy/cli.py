@@ -1,4 +1,4 @@
-"""Command line: odepolicy train | evaluate | plot | sweep | bench.
+"""Command line: odepolicy train | evaluate | plot | sweep | tune | bench.
 
 Every user error (bad config, unknown id, damaged file) is an OdepolicyError: printed on one line
 as `odepolicy: error: ...` with exit status 2, never a traceback.
@@ -11,6 +11,8 @@ import os
 import sys
 
 from . import OdepolicyError, __version__
+from .config import BACKENDS
+from .plotting import BANDS, X_AXES
 
 __all__ = ["main", "build_parser"]
 
@@ -80,13 +82,13 @@ def _add_plot(sub) -> None:
     )
     p.add_argument(
         "--x",
-        choices=["timesteps", "iterations", "seconds"],
+        choices=list(X_AXES),
         default="timesteps",
         help="x axis (default: env steps)",
     )
     p.add_argument(
         "--band",
-        choices=["std", "bootstrap", "none"],
+        choices=list(BANDS),
         default="std",
         help="band around the mean: std across seeds, bootstrap 95%% interval, or none",
     )
@@ -114,17 +116,25 @@ def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="measure ES throughput against bare environment stepping",
-        description="Print bare env steps/s (constant action), ES-iteration env steps/s, their "
-        "ratio, the policy's prepare and per-step cost, and peak memory.",
+        description="Print bare env steps/s (constant action) and, for each population size side "
+        "by side, ES-iteration env steps/s (the trainer's own iteration), their ratio, the "
+        "policy's prepare and per-step cost, and peak memory.",
     )
     p.add_argument("--env", default="HalfCheetah-v5", help="env id (default HalfCheetah-v5)")
     p.add_argument("--policy", default="iso_odetoode", help="policy name (default iso_odetoode)")
-    p.add_argument("--perturbations", type=int, default=200, help="ES directions (default 200)")
+    p.add_argument(
+        "--perturbations",
+        type=int,
+        nargs="+",
+        default=[8, 100],
+        metavar="K",
+        help="ES directions per iteration; several sizes are run side by side (default: 8 100)",
+    )
     p.add_argument("--no-antithetic", action="store_true", help="one-sided sampling")
     p.add_argument("--horizon", type=int, default=1000, help="episode steps (default 1000)")
     p.add_argument("--iterations", type=int, default=2, help="ES iterations to time (default 2)")
     p.add_argument("--hidden", type=int, default=None, help="policy hidden size")
-    p.add_argument("--backend", choices=["local", "ray"], default="local")
+    p.add_argument("--backend", choices=list(BACKENDS), default="local", help="default local")
     p.add_argument("--workers", type=int, default=1, help="Ray rollout actors")
     p.add_argument("--address", default=None, help="Ray cluster address")
 

@@ -18,7 +18,18 @@ import yaml
 from . import OdepolicyError
 from .es.strategy import ESSettings
 
-__all__ = ["Config", "PolicyConfig", "BackendConfig", "load_config", "config_from_dict"]
+DEVICES = ("cpu", "cuda", "auto")
+BACKENDS = ("local", "ray")  # what backends.make_backend builds (a test checks they agree)
+
+__all__ = [
+    "Config",
+    "PolicyConfig",
+    "BackendConfig",
+    "load_config",
+    "config_from_dict",
+    "build_typed",
+    "read_yaml_mapping",
+]
 
 
 @dataclass
@@ -29,9 +40,11 @@ class PolicyConfig:
 
 @dataclass
 class BackendConfig:
-    name: str = "local"  # local | ray
+    name: str = "local"  # local | ray (BACKENDS)
     workers: int = 1  # rollout actors (ray)
-    address: str | None = None  # ray: None starts a local instance, "auto" or HOST:PORT joins
+    # ray: None starts a new local instance (or joins RAY_ADDRESS when a Ray job's driver sets
+    # it); "auto" joins the cluster this machine runs; HOST:PORT joins that one.
+    address: str | None = None
 
 
 @dataclass
@@ -60,8 +73,12 @@ class Config:
             (self.eval_every >= 1, "eval_every", "must be at least 1"),
             (self.eval_episodes >= 1, "eval_episodes", "must be at least 1"),
             (self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1"),
-            (self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto"),
-            (self.backend.name in ("local", "ray"), "backend.name", "must be local or ray"),
+            (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
+            (
+                self.backend.name in BACKENDS,
+                "backend.name",
+                f"must be one of {', '.join(BACKENDS)}",
+            ),
             (self.backend.workers >= 1, "backend.workers", "must be at least 1"),
             (
                 self.max_env_steps is None or self.max_env_steps > 0,
@@ -83,27 +100,36 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp, key: str) -> Any:
+def _coerce(value: Any, tp, key: str, kind: str = "config key") -> Any:
     """Check (and gently coerce) a YAML value against a field type."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        mappings = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(mappings) == 1:  # report the mapping's own errors
+            return _coerce(value, mappings[0], key, kind)
         for arg in args:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, kind)
             except OdepolicyError:
                 pass
         names = " or ".join(_type_name(a) for a in args)
-        raise OdepolicyError(f"config key {key!r} must be {names}, got {value!r}")
+        raise OdepolicyError(f"{kind} {key!r} must be {names}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise OdepolicyError(f"config key {key!r} must be a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
-    if tp is bool:
+            raise OdepolicyError(f"{kind} {key!r} must be a mapping, got {value!r}")
+        return build_typed(tp, value, key + ".", kind)
+    if origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            if item is Any:
+                return list(value)
+            return [_coerce(v, item, f"{key}[{i}]", kind) for i, v in enumerate(value)]
+    elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
@@ -122,17 +148,20 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return dict(value)
     else:  # pragma: no cover - every field type is covered above
         return value
-    raise OdepolicyError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    raise OdepolicyError(f"{kind} {key!r} must be {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def build_typed(cls, data: dict, prefix: str = "", kind: str = "config key"):
+    """Build dataclass `cls` from a mapping, checking every key and value against the field
+    types; an unknown key or a wrong type is an OdepolicyError naming the dotted key. `kind`
+    names what the keys are in messages ("config key", "sweep key")."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
             known = ", ".join(sorted(names))
-            raise OdepolicyError(f"unknown config key {prefix + str(key)!r}; known here: {known}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+            raise OdepolicyError(f"unknown {kind} {prefix + str(key)!r}; known here: {known}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k, kind) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -165,7 +194,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
     data = apply_overrides(dict(data or {}), list(overrides or []))
-    return _build(Config, data).validate()
+    return build_typed(Config, data).validate()
 
 
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:

@@ -1,7 +1,7 @@
 """Reward curves and summary tables from run folders (`odepolicy plot`).
 
-A run folder (written by trainer.py) holds `config.yaml` and `progress.csv`; its task is the
-config's `env`, its method the config's `policy.name`. Runs are grouped by (task, method); the
+Run folders are read through `rundir.RunDir` (config.yaml and progress.csv); a run's task is
+the config's `env`, its method the config's `policy.name`. Runs are grouped by (task, method); the
 seeds of a group are interpolated onto the union of their x values, kept only where every seed
 has data, and drawn as a mean curve with a band: the standard deviation across seeds, a
 bootstrap 95% interval of the mean (fixed RNG, so the output is deterministic), or none.
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import OdepolicyError
+from .rundir import RunDir
 
 __all__ = [
     "Run",
@@ -67,7 +68,6 @@ METHODS = {
 HIGHLIGHT = "iso_odetoode"
 _EXTRA_COLOURS = ("#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 
-_REQUIRED = ("iteration", "env_steps", "wall_seconds", "eval_return_mean")
 _SUMMARY_FIELDS = [
     "task",
     "method",
@@ -121,7 +121,7 @@ class Curve:
 
 # -- finding and reading runs ------------------------------------------------------------------
 def _is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "progress.csv").is_file()
+    return RunDir(path).has_progress()
 
 
 def find_runs(paths) -> list[Path]:
@@ -155,23 +155,6 @@ def find_runs(paths) -> list[Path]:
     return list(found)
 
 
-def _read_config(path: Path) -> tuple[str, str, int | None]:
-    from .config import read_yaml
-
-    cfg = read_yaml(path / "config.yaml")
-    policy = cfg.get("policy")
-    name = policy.get("name") if isinstance(policy, dict) else policy
-    env = cfg.get("env")
-    if not isinstance(env, str) or not env:
-        raise OdepolicyError(f"{path / 'config.yaml'} has no env")
-    if not isinstance(name, str) or not name:
-        raise OdepolicyError(f"{path / 'config.yaml'} has no policy name")
-    seed = cfg.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise OdepolicyError(f"{path / 'config.yaml'}: seed must be an integer, got {seed!r}")
-    return env, name, seed
-
-
 def _number(text, file: Path, line: int, column: str, integer: bool = False) -> float:
     try:
         value = float(text)
@@ -185,35 +168,15 @@ def _number(text, file: Path, line: int, column: str, integer: bool = False) -> 
     return value
 
 
-def _read_progress(file: Path) -> list[dict]:
-    try:
-        with open(file, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise OdepolicyError(f"malformed {file}: not a text file") from None
-    except csv.Error as exc:
-        raise OdepolicyError(f"malformed {file}: {exc}") from None
-    if header is None:  # empty: the run died before its first row was flushed
-        return []
-    missing = [c for c in _REQUIRED if c not in header]
-    if missing:
-        raise OdepolicyError(f"malformed {file}: no column {', '.join(missing)}")
-    for i, row in enumerate(rows):
-        if None in row:  # more fields than the header
-            raise OdepolicyError(f"malformed {file}: line {i + 2} has extra fields")
-    return rows
-
-
 def load_run(path) -> Run:
     """Read one run folder. A run without evaluation rows yet gets empty arrays."""
     path = Path(path)
     if not _is_run_dir(path):
         raise OdepolicyError(f"{path} is not a run folder (needs config.yaml and progress.csv)")
-    task, method, seed = _read_config(path)
-    file = path / "progress.csv"
-    rows = _read_progress(file)
+    run_dir = RunDir(path)
+    task, method, seed = run_dir.identity()
+    file = run_dir.progress_file
+    rows = run_dir.read_progress()
     its, steps, secs, rets = [], [], [], []
     last_it = last_steps = 0
     for i, row in enumerate(rows):

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .envs import Env, EnvSpec, make_env
-from .es.noise import NoiseSpec, perturbed_params
+from .envs import Env, make_env
+from .noise import NoiseSpec, perturbed_params
 from .normalizer import RunningStats
+from .policies import Policy, policy_for_env
 
 __all__ = [
-    "policy_for_env",
     "PopulationResult",
     "PerturbationResult",
     "RolloutTask",
@@ -134,20 +134,6 @@ def evaluate_population(
     return PopulationResult(returns, lengths, failed, reasons, obs_count, obs_sum, obs_sumsq)
 
 
-def policy_for_env(spec: EnvSpec, policy_spec: dict):
-    """The policy named by `policy_spec` ({"name": ..., **kwargs}) sized to an environment,
-    its actions clipped to the environment's action box."""
-    from .policies import make_policy
-
-    return make_policy(
-        obs_dim=spec.obs_dim,
-        act_dim=spec.act_dim,
-        action_low=np.asarray(spec.action_low),
-        action_high=np.asarray(spec.action_high),
-        **policy_spec,
-    )
-
-
 def episode_seed(iteration_seed: int, j: int) -> int:
     """Environment seed of direction j: antithetic partners share a start state."""
     return int(np.random.SeedSequence([iteration_seed, j, 1]).generate_state(1)[0])
@@ -188,11 +174,18 @@ class RolloutWorker:
     # and the worker holds 64 environments instead of 400.
     lockstep = 64
 
-    def __init__(self, env_id: str, policy_spec: dict, max_episode_steps: int | None = None):
+    def __init__(
+        self,
+        env_id: str,
+        policy_spec: dict,
+        max_episode_steps: int | None = None,
+        policy: Policy | None = None,
+    ):
+        """`policy`: an already built policy for this env (a local run shares the trainer's)."""
         self.env_id = env_id
         self.max_episode_steps = max_episode_steps
         self.envs: list[Env] = [self._new_env()]
-        self.policy = policy_for_env(self.envs[0].spec, policy_spec)
+        self.policy = policy or policy_for_env(self.envs[0].spec, policy_spec)
 
     def _new_env(self) -> Env:
         return make_env(self.env_id, max_episode_steps=self.max_episode_steps)

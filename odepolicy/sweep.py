@@ -35,19 +35,45 @@ import itertools
 import os
 import subprocess
 import sys
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import OdepolicyError
-from .checkpoint import read_checkpoint
-from .config import Config, load_config, read_yaml_mapping
+from .config import Config, build_typed, load_config, read_yaml_mapping
+from .rundir import RunDir
 
-__all__ = ["SweepRun", "load_sweep", "plan_runs", "run_status", "sweep_command"]
+__all__ = [
+    "SweepFile",
+    "SweepEntry",
+    "SweepRun",
+    "load_sweep",
+    "plan_runs",
+    "run_status",
+    "execute",
+    "sweep_command",
+]
 
-_KEYS = {"out", "seeds", "parallel", "set", "configs", "grid"}
+
+@dataclass
+class SweepEntry:
+    path: str = ""
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepFile:
+    """The keys of a sweep file, checked by the same typed builder as run configs."""
+
+    out: str = "runs"
+    seeds: int | list[int] = 1
+    parallel: int = 1
+    set: list[str] = field(default_factory=list)
+    configs: list[str | SweepEntry] = field(default_factory=list)
+    grid: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,94 +89,64 @@ class SweepRun:
     extra_args: list[str] = field(default_factory=list)
 
 
-def _string_list(value, what: str, path: Path) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise OdepolicyError(f"sweep file {path}: {what} must be a list of 'key=value' strings")
-    for v in value:
+def _check_sets(values: list[str], what: str) -> list[str]:
+    for v in values:
         if "=" not in v:
-            raise OdepolicyError(f"sweep file {path}: {what} entry {v!r} is not key=value")
-    return list(value)
+            raise OdepolicyError(f"{what} entry {v!r} is not key=value")
+    return list(values)
 
 
 def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file; OdepolicyError names what is wrong."""
     path = Path(path)
     data = read_yaml_mapping(path, "sweep file", "out, seeds, configs, ...")
-    unknown = set(data) - _KEYS
-    if unknown:
-        raise OdepolicyError(
-            f"sweep file {path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-            f"known: {', '.join(sorted(_KEYS))}"
-        )
-    configs = data.get("configs")
-    if not isinstance(configs, list) or not configs:
-        raise OdepolicyError(f"sweep file {path}: 'configs' must be a non-empty list")
-    entries = []
-    for i, entry in enumerate(configs):
-        if isinstance(entry, str):
-            entry = {"path": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise OdepolicyError(
-                f"sweep file {path}: configs[{i}] must be a path or a mapping with 'path'"
+    for key in ("set",):  # a lone string is accepted where a list is expected
+        if isinstance(data.get(key), str):
+            data[key] = [data[key]]
+    try:
+        sweep = build_typed(SweepFile, data, kind="sweep key")
+        if not sweep.configs:
+            raise OdepolicyError("'configs' must be a non-empty list")
+        entries = []
+        for i, entry in enumerate(sweep.configs):
+            if isinstance(entry, str):
+                entry = SweepEntry(path=entry)
+            if not entry.path:
+                raise OdepolicyError(f"configs[{i}] needs a 'path'")
+            entries.append(
+                {
+                    "path": _find_config(entry.path, path.parent),
+                    "set": _check_sets(entry.set, f"configs[{i}].set"),
+                }
             )
-        extra = set(entry) - {"path", "set"}
-        if extra:
-            raise OdepolicyError(
-                f"sweep file {path}: configs[{i}] has unknown key(s) {', '.join(sorted(extra))}"
-            )
-        entries.append(
-            {
-                "path": _find_config(entry["path"], path.parent, path),
-                "set": _string_list(entry.get("set"), f"configs[{i}].set", path),
-            }
-        )
-    seeds = data.get("seeds", 1)
-    if isinstance(seeds, bool) or not (
-        (isinstance(seeds, int) and seeds >= 1)
-        or (
-            isinstance(seeds, list)
-            and seeds
-            and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-        )
-    ):
-        raise OdepolicyError(
-            f"sweep file {path}: 'seeds' must be a positive integer or a list of integers"
-        )
-    parallel = data.get("parallel", 1)
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise OdepolicyError(f"sweep file {path}: 'parallel' must be a positive integer")
-    grid = data.get("grid") or {}
-    if not isinstance(grid, dict) or not all(
-        isinstance(k, str) and isinstance(v, list) and v for k, v in grid.items()
-    ):
-        raise OdepolicyError(
-            f"sweep file {path}: 'grid' must map config keys to non-empty lists of values"
-        )
-    out = data.get("out", "runs")
-    if not isinstance(out, str) or not out:
-        raise OdepolicyError(f"sweep file {path}: 'out' must be a folder path")
+        seeds = sweep.seeds
+        if (isinstance(seeds, int) and seeds < 1) or (isinstance(seeds, list) and not seeds):
+            raise OdepolicyError("'seeds' must be a positive integer or a list of integers")
+        if sweep.parallel < 1:
+            raise OdepolicyError("'parallel' must be a positive integer")
+        if not all(isinstance(v, list) and v for v in sweep.grid.values()):
+            raise OdepolicyError("'grid' must map config keys to non-empty lists of values")
+        if not sweep.out:
+            raise OdepolicyError("'out' must be a folder path")
+        sets = _check_sets(sweep.set, "set")
+    except OdepolicyError as exc:
+        raise OdepolicyError(f"sweep file {path}: {exc}") from None
     return {
         "path": path,
-        "out": out,
+        "out": sweep.out,
         "seeds": list(range(seeds)) if isinstance(seeds, int) else list(seeds),
-        "parallel": parallel,
-        "set": _string_list(data.get("set"), "set", path),
+        "parallel": sweep.parallel,
+        "set": sets,
         "configs": entries,
-        "grid": grid,
+        "grid": sweep.grid,
     }
 
 
-def _find_config(name: str, base: Path, sweep_path: Path) -> Path:
+def _find_config(name: str, base: Path) -> Path:
     for candidate in (base / name, Path(name)):
         if candidate.is_file():
             return candidate
-    raise OdepolicyError(
-        f"sweep file {sweep_path}: config {name!r} not found (relative to {base} or the CWD)"
-    )
+    raise OdepolicyError(f"config {name!r} not found (relative to {base} or the CWD)")
 
 
 def _config_label(config_path: Path, base: Path) -> str:
@@ -212,38 +208,12 @@ def plan_runs(sweep: dict, seeds: list[int], extra_sets: list[str]) -> list[Swee
     return runs
 
 
-def _checkpoint_progress(run_dir: Path) -> tuple[int, int] | None:
-    """(iteration, env_steps) of the run's latest checkpoint; None when there is none."""
-    latest = run_dir / "checkpoints" / "latest.npz"
-    if not latest.is_file():
-        return None
-    _, meta = read_checkpoint(latest)
-    counters = meta.get("counters", {})
-    return int(counters.get("iteration", 0)), int(counters.get("env_steps", 0))
+_ACTIONS = {"finished": "skip", "resumable": "resume", "empty": "train"}
 
 
 def run_status(run: SweepRun, out: Path) -> str:
-    """What to do with a run: 'skip', 'resume' or 'train'."""
-    progress = _checkpoint_progress(out / run.name)
-    if progress is None:
-        return "train"
-    iteration, env_steps = progress
-    cfg = run.config
-    if iteration >= cfg.iterations or (
-        cfg.max_env_steps is not None and env_steps >= cfg.max_env_steps
-    ):
-        return "skip"
-    return "resume"
-
-
-def _final_eval(run_dir: Path) -> float | None:
-    path = run_dir / "progress.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="") as fh:
-        values = [r.get("eval_return_mean") for r in csv.DictReader(fh)]
-    values = [v for v in values if v not in (None, "")]
-    return float(values[-1]) if values else None
+    """What to do with a run: 'skip' (finished), 'resume' or 'train' (no checkpoint yet)."""
+    return _ACTIONS[RunDir(out / run.name).status(run.config)]
 
 
 def _cluster_cpus(address: str) -> int:
@@ -284,9 +254,56 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+class _Launcher:
+    """Starts run processes and remembers the live ones, so an interrupt can stop them."""
+
+    def __init__(self, out: Path, quiet: bool):
+        self.out, self.quiet = out, quiet
+        self.env = _child_env()
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def run(self, run: SweepRun, action: str) -> None:
+        logs = self.out / "_logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        cmd = _command(run, action, self.out)
+        with open(logs / f"{run.name}.log", "w") as log:
+            log.write(" ".join(cmd) + "\n")
+            log.flush()
+            with self.lock:
+                if self.stopping:
+                    return
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                self.live.add(proc)
+            if not self.quiet:
+                print(f"[sweep] {action:6s} {run.name}", flush=True)
+            proc.wait()
+            with self.lock:
+                self.live.discard(proc)
+        if proc.returncode == 0:
+            run.status = "resumed" if action == "resume" else "trained"
+        else:
+            run.status, run.error = "failed", _last_line(logs / f"{run.name}.log")
+        if not self.quiet:
+            print(f"[sweep] {run.status:7s} {run.name} {run.error}".rstrip(), flush=True)
+
+    def stop(self) -> None:
+        """Terminate the running children; their checkpoints stay for the next launch."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.live)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def execute(runs: list[SweepRun], out: Path, parallel: int, quiet: bool) -> None:
     """Run the pending runs, `parallel` processes at a time; fills in each run's status."""
-    logs = out / "_logs"
     todo = []
     for run in runs:
         try:
@@ -298,44 +315,15 @@ def execute(runs: list[SweepRun], out: Path, parallel: int, quiet: bool) -> None
             run.status = "skipped"
         else:
             todo.append((run, action))
-    active: list[tuple[SweepRun, str, subprocess.Popen, object]] = []
-    env = _child_env()
+    launcher = _Launcher(out, quiet)
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep")
     try:
-        while todo or active:
-            while todo and len(active) < parallel:
-                run, action = todo.pop(0)
-                logs.mkdir(parents=True, exist_ok=True)
-                log = open(logs / f"{run.name}.log", "w")
-                cmd = _command(run, action, out)
-                log.write(" ".join(cmd) + "\n")
-                log.flush()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                active.append((run, action, proc, log))
-                if not quiet:
-                    print(f"[sweep] {action:6s} {run.name}", flush=True)
-            time.sleep(0.2)
-            for item in list(active):
-                run, action, proc, log = item
-                if proc.poll() is None:
-                    continue
-                active.remove(item)
-                log.close()
-                if proc.returncode == 0:
-                    run.status = "resumed" if action == "resume" else "trained"
-                else:
-                    run.status = "failed"
-                    run.error = _last_line(logs / f"{run.name}.log")
-                if not quiet:
-                    print(f"[sweep] {run.status:7s} {run.name} {run.error}".rstrip(), flush=True)
+        futures = [pool.submit(launcher.run, run, action) for run, action in todo]
+        for future in as_completed(futures):
+            future.result()
     finally:
-        for _, _, proc, _log in active:  # interrupted: stop the children, keep checkpoints
-            proc.terminate()
-        for _, _, proc, log in active:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+        launcher.stop()  # no-op when every run has finished
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _last_line(path: Path) -> str:
@@ -349,17 +337,20 @@ def _last_line(path: Path) -> str:
 def summarize(runs: list[SweepRun], out: Path) -> list[dict]:
     rows = []
     for run in runs:
-        run_dir = out / run.name
+        run_dir = RunDir(out / run.name)
         try:
-            progress = _checkpoint_progress(run_dir)
+            counters = run_dir.checkpoint_counters()
         except OdepolicyError:
-            progress = None
-        ret = _final_eval(run_dir)
+            counters = None
+        try:
+            ret = run_dir.final_eval()
+        except OdepolicyError:
+            ret = None
         rows.append(
             {
                 "run": run.name,
                 "status": run.status,
-                "iterations": progress[0] if progress else 0,
+                "iterations": counters["iteration"] if counters else 0,
                 "target_iterations": run.config.iterations,
                 "eval_return": "" if ret is None else f"{ret:.2f}",
                 "error": run.error,

@@ -26,7 +26,7 @@ from odepolicy.backends import make_backend
 from odepolicy.checkpoint import read_checkpoint
 from odepolicy.cli import main
 from odepolicy.config import config_from_dict, read_yaml
-from odepolicy.es.noise import NoiseSpec
+from odepolicy.noise import NoiseSpec
 from odepolicy.rollout import RolloutTask
 from odepolicy.trainer import train
 

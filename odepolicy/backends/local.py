@@ -11,9 +11,11 @@ __all__ = ["LocalBackend"]
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, env_id: str, policy_spec: dict, max_episode_steps: int | None = None):
+    def __init__(
+        self, env_id: str, policy_spec: dict, max_episode_steps: int | None = None, policy=None
+    ):
         super().__init__()
-        self.worker = RolloutWorker(env_id, policy_spec, max_episode_steps)
+        self.worker = RolloutWorker(env_id, policy_spec, max_episode_steps, policy=policy)
 
     @property
     def num_workers(self) -> int:

@@ -1,6 +1,7 @@
 """Evolution strategies: seed-named noise, fitness shaping and the Riemannian update."""
 
-from .noise import NoiseSpec, direction, perturbed_params
+from ..noise import NoiseSpec, direction, perturbed_params
+from .optimizers import OPTIMIZERS, SGD, Adam, ClipUp, Optimizer, make_optimizer
 from .shaping import SHAPINGS, centered_ranks, direction_weights
 from .strategy import ESSettings, RiemannianES, iteration_seed
 
@@ -14,4 +15,10 @@ __all__ = [
     "ESSettings",
     "RiemannianES",
     "iteration_seed",
+    "OPTIMIZERS",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "ClipUp",
+    "make_optimizer",
 ]

@@ -3,8 +3,9 @@
 `ask` names the iteration's perturbations (a NoiseSpec: seeds, not vectors). `tell` takes their
 returns, drops failed ones, shapes the rest, forms the Monte Carlo estimate of the gradient of the
 Gaussian smoothing, and moves the centre: Stiefel / orthogonal blocks along their Riemannian
-gradient by the exact exponential map, symmetric and Euclidean blocks by SGD or Adam. The
-strategy knows nothing of environments or workers.
+gradient by the exact exponential map, symmetric and Euclidean blocks as the optimiser says
+(SGD, Adam, ClipUp: `optimizers.py`; the optimiser owns its own state). The strategy knows nothing
+of environments or workers.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..noise import NoiseSpec, direction_matrix
 from ..params import ParamLayout
-from .noise import NoiseSpec, direction_matrix
+from .optimizers import OPTIMIZERS, Optimizer, make_optimizer
 from .shaping import SHAPINGS, direction_weights
 
 __all__ = ["ESSettings", "RiemannianES", "iteration_seed"]
-
-OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -34,7 +34,9 @@ class ESSettings:
     shaping: str = "centered_ranks"
     top_b: int | None = None
     reward_shift: float = 0.0
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # sgd | adam | clipup
+    momentum: float = 0.9  # clipup
+    max_speed: float | None = None  # clipup; None means 2 * lr
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -52,6 +54,10 @@ class ESSettings:
             raise ValueError("es.shaping=topb needs es.antithetic=true")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"es.optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError("es.momentum must be in [0, 1)")
+        if self.max_speed is not None and not self.max_speed > 0:
+            raise ValueError("es.max_speed must be positive")
 
 
 def iteration_seed(run_seed: int, iteration: int) -> int:
@@ -70,10 +76,7 @@ class RiemannianES:
         self.seed = int(seed)
         self.center = np.array(center, dtype=np.float64)
         self.iteration = 0
-        self._linear = layout.euclidean_mask()
-        self.adam_m = np.zeros(layout.size)
-        self.adam_v = np.zeros(layout.size)
-        self.adam_t = 0
+        self.optimizer: Optimizer = make_optimizer(settings, layout.size, layout.euclidean_mask())
 
     def ask(self) -> NoiseSpec:
         s = self.settings
@@ -111,20 +114,10 @@ class RiemannianES:
         return (w[nz] @ eps) / (n * spec.sigma), int(len(js))
 
     def step(self, grad: np.ndarray) -> None:
-        """Move the centre along `grad` (ascent)."""
-        s = self.settings
-        direction = grad.copy()
-        if s.optimizer == "adam":
-            b1, b2 = s.adam_beta1, s.adam_beta2
-            self.adam_t += 1
-            g = grad[self._linear]
-            self.adam_m[self._linear] = b1 * self.adam_m[self._linear] + (1 - b1) * g
-            self.adam_v[self._linear] = b2 * self.adam_v[self._linear] + (1 - b2) * g * g
-            m_hat = self.adam_m[self._linear] / (1 - b1**self.adam_t)
-            v_hat = self.adam_v[self._linear] / (1 - b2**self.adam_t)
-            direction[self._linear] = m_hat / (np.sqrt(v_hat) + s.adam_eps)
+        """Move the centre along the optimiser's step for `grad` (ascent)."""
+        direction, scale = self.optimizer.update(grad)
         tangent = self.layout.riemannian_grad(self.center, direction)
-        self.center = self.layout.retract(self.center, tangent, s.lr)
+        self.center = self.layout.retract(self.center, tangent, scale)
 
     def tell(self, spec: NoiseSpec, returns: np.ndarray, lengths: np.ndarray | None = None) -> dict:
         """Update from the returns of the perturbations named by `spec`; returns a summary."""
@@ -144,17 +137,14 @@ class RiemannianES:
         }
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {
-            "center": self.center.copy(),
-            "iteration": np.array([self.iteration]),
-            "adam_m": self.adam_m.copy(),
-            "adam_v": self.adam_v.copy(),
-            "adam_t": np.array([self.adam_t]),
-        }
+        """Centre, iteration and the optimiser's state (under `opt.`)."""
+        state = {"center": self.center.copy(), "iteration": np.array([self.iteration])}
+        state.update({f"opt.{k}": v for k, v in self.optimizer.state_dict().items()})
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.center = np.array(state["center"], dtype=np.float64)
         self.iteration = int(np.asarray(state["iteration"]).ravel()[0])
-        self.adam_m = np.array(state["adam_m"], dtype=np.float64)
-        self.adam_v = np.array(state["adam_v"], dtype=np.float64)
-        self.adam_t = int(np.asarray(state["adam_t"]).ravel()[0])
+        self.optimizer.load_state_dict(
+            {k[len("opt.") :]: v for k, v in state.items() if k.startswith("opt.")}
+        )

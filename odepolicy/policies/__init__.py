@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import OdepolicyError
 from .base import ODEPolicy, Policy
 from .base_ode import BaseODE
@@ -22,6 +24,7 @@ from .odetoode import GatedODEtoODE, ISOODEtoODE
 __all__ = [
     "POLICIES",
     "make_policy",
+    "policy_for_env",
     "Policy",
     "ODEPolicy",
     "ISOODEtoODE",
@@ -59,3 +62,16 @@ def make_policy(name: str, obs_dim: int, act_dim: int, **kwargs: Any) -> Policy:
             f"unknown policy {name!r}; valid: {', '.join(sorted(POLICIES))}"
         ) from None
     return cls(obs_dim, act_dim, **kwargs)
+
+
+def policy_for_env(spec, policy_spec: dict) -> Policy:
+    """The policy named by `policy_spec` ({"name": ..., **kwargs}) sized to an environment's
+    spec (anything with obs_dim, act_dim, action_low, action_high, such as `envs.EnvSpec`), its
+    actions clipped to the environment's action box."""
+    return make_policy(
+        obs_dim=spec.obs_dim,
+        act_dim=spec.act_dim,
+        action_low=np.asarray(spec.action_low),
+        action_high=np.asarray(spec.action_high),
+        **policy_spec,
+    )

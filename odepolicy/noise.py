@@ -1,5 +1,8 @@
 """Perturbations named by seeds: a worker regenerates its noise instead of receiving it.
 
+This module is neutral ground: the strategy (`es/`) names perturbations with it and the rollout
+workers regenerate them with it, so neither needs to import the other.
+
 An iteration is named by one integer (`NoiseSpec.iteration_seed`); direction j of that iteration
 is regenerated from (iteration_seed, j), so only integers cross the network (DESIGN principle 3).
 With `orthogonal=True` the directions of an iteration are orthogonalised jointly (Choromanski et

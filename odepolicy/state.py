@@ -1,0 +1,121 @@
+"""The training state and its checkpoint form, in one place.
+
+`TrainState` gathers everything a run needs to continue exactly: the ES strategy (centre,
+iteration, optimiser state), the observation normaliser and the counters. The run's randomness
+is a pure function of (seed, iteration) (`es.iteration_seed`), so the seed in the config and the
+iteration here are its whole RNG state. `to_checkpoint` turns the state into the flat arrays and
+JSON metadata that `checkpoint.save_checkpoint` writes; `restore` and `policy_from_checkpoint`
+read them back. The key naming (`es.*`, `norm.*`) exists only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import OdepolicyError
+from .es import RiemannianES
+from .normalizer import ObsNormalizer
+from .policies import Policy, make_policy
+
+__all__ = ["Counters", "TrainState", "policy_from_checkpoint", "eval_seed_base", "env_meta"]
+
+_ES, _NORM = "es.", "norm."
+# Checkpoints written before optimisers were objects kept Adam's moments as es.adam_*.
+_LEGACY_OPT = {"es.adam_m": "es.opt.m", "es.adam_v": "es.opt.v", "es.adam_t": "es.opt.t"}
+
+
+def _with_prefix(prefix: str, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _strip_prefix(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def eval_seed_base(config) -> int:
+    """Seeds of the centre-policy evaluation episodes: the same at every evaluation."""
+    return 1_000_000 + 1000 * int(config.seed)
+
+
+def env_meta(spec) -> dict:
+    """What a checkpoint records of its environment, enough to rebuild the policy."""
+    return {
+        "env_id": spec.env_id,
+        "obs_dim": spec.obs_dim,
+        "act_dim": spec.act_dim,
+        "action_low": list(spec.action_low),
+        "action_high": list(spec.action_high),
+        "obs_keys": list(spec.obs_keys),
+    }
+
+
+@dataclass
+class Counters:
+    iteration: int = 0
+    env_steps: int = 0
+    episodes: int = 0
+    wall_seconds: float = 0.0
+    failed_total: int = 0
+
+
+@dataclass
+class TrainState:
+    es: RiemannianES
+    normalizer: ObsNormalizer
+    counters: Counters = field(default_factory=Counters)
+
+    def to_checkpoint(self, config, env_spec, versions: dict) -> tuple[dict, dict]:
+        """(arrays, metadata) for `checkpoint.save_checkpoint`."""
+        arrays = _with_prefix(_ES, self.es.state_dict())
+        arrays.update(_with_prefix(_NORM, self.normalizer.state()))
+        meta = {
+            "iteration": self.counters.iteration,
+            "counters": vars(self.counters).copy(),
+            "config": config.to_dict(),
+            "env": env_meta(env_spec),
+            "policy": {"name": config.policy.name, "kwargs": config.policy.kwargs},
+            "eval_seed": eval_seed_base(config),
+            "versions": versions,
+        }
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Load a checkpoint's arrays and metadata into this state (same config and policy)."""
+        arrays = {_LEGACY_OPT.get(k, k): v for k, v in arrays.items()}
+        try:
+            self.es.load_state_dict(_strip_prefix(_ES, arrays))
+            self.normalizer = ObsNormalizer.from_state(_strip_prefix(_NORM, arrays))
+            self.counters = Counters(**meta["counters"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OdepolicyError(f"checkpoint state does not fit this run ({exc})") from None
+        if self.es.center.shape != (self.es.layout.size,):
+            raise OdepolicyError(
+                f"checkpoint parameters have shape {self.es.center.shape}, "
+                f"policy expects {self.es.layout.size}"
+            )
+
+
+def policy_from_checkpoint(
+    arrays: dict[str, np.ndarray], meta: dict, device: str = "cpu"
+) -> tuple[Policy, np.ndarray, ObsNormalizer]:
+    """(policy, centre parameters, normaliser) of a checkpoint's arrays and metadata."""
+    env = meta["env"]
+    policy = make_policy(
+        meta["policy"]["name"],
+        env["obs_dim"],
+        env["act_dim"],
+        action_low=np.asarray(env["action_low"]),
+        action_high=np.asarray(env["action_high"]),
+        device=device,
+        **meta["policy"]["kwargs"],
+    )
+    theta = arrays.get(_ES + "center")
+    if theta is None or theta.shape != (policy.num_params,):
+        shape = None if theta is None else theta.shape
+        raise OdepolicyError(
+            f"checkpoint parameters have shape {shape}, policy expects {policy.num_params}"
+        )
+    normalizer = ObsNormalizer.from_state(_strip_prefix(_NORM, arrays))
+    return policy, theta, normalizer
