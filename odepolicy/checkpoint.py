@@ -53,7 +53,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except ValueError as exc:
+        # numpy refuses an object array under allow_pickle=False: the file is intact but would
+        # need pickle (able to run code) to open, which no checkpoint of ours does.
+        if "allow_pickle" in str(exc):
+            raise OdepolicyError(
+                f"checkpoint {path} contains pickled Python objects; refusing to load"
+            ) from None
+        raise OdepolicyError(f"checkpoint {path} is damaged or truncated ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
         raise OdepolicyError(f"checkpoint {path} is damaged or truncated ({exc})") from None
     if _META not in arrays:
         raise OdepolicyError(f"{path} is not an odepolicy checkpoint (no metadata)")

@@ -24,7 +24,18 @@ def _add_train(sub) -> None:
         description="Train a policy from a YAML config. A run folder is created under --out "
         "holding config.yaml, progress.csv, checkpoints/ and meta.json.",
     )
-    p.add_argument("config", nargs="?", help="YAML config (see experiments/); omit with --resume")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config (see experiments/); omit with --resume, or give --env and --policy "
+        "to start from the tuned preset of that pair",
+    )
+    p.add_argument(
+        "--env",
+        help="environment id; without CONFIG, start from the preset for (--env, --policy) "
+        "(experiments/presets/<env>/<policy>.yaml) or the library defaults",
+    )
+    p.add_argument("--policy", help="policy name (see odepolicy.policies.POLICIES)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -45,10 +56,11 @@ def _add_train(sub) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a saved policy (numbers, optional video)",
-        description="Run the noiseless centre policy of a checkpoint with its frozen observation "
-        "normaliser and print mean +- std return. With the default seeds this reproduces the "
-        "trainer's own evaluation.",
+        help="evaluate a saved policy (returns, robustness to noise, video)",
+        description="Run the unperturbed centre policy of a checkpoint with its frozen observation "
+        "normaliser, its episodes batched in lockstep as in training, and print the return "
+        "(mean +- std, min, max) and episode lengths. With the default seeds this reproduces the "
+        "trainer's own evaluation. A video follows the agent with the model's tracking camera.",
     )
     p.add_argument("path", help="run folder (uses checkpoints/latest.npz) or a checkpoint file")
     p.add_argument(
@@ -62,11 +74,43 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--horizon", type=int, default=None, help="steps per episode (default: run's)")
     p.add_argument(
+        "--obs-noise",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="add Gaussian noise of std S to every observation (raw units), seeded per episode",
+    )
+    p.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="add Gaussian noise of std S to every action (then clipped to the action box)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON record on stdout instead of text"
+    )
+    p.add_argument(
         "--video", metavar="FILE", help="render the first episode to FILE (.mp4 or .gif)"
     )
+    p.add_argument(
+        "--video-episodes",
+        type=int,
+        default=1,
+        metavar="K",
+        help="render the first K evaluated episodes, one after another (default 1)",
+    )
+    p.add_argument(
+        "--camera",
+        metavar="NAME|ID",
+        default=None,
+        help="camera of the model by name or id, -1 for the free camera (default: one that "
+        "follows the agent, e.g. 'track')",
+    )
     p.add_argument("--fps", type=int, default=30, help="video frames per second (default 30)")
-    p.add_argument("--width", type=int, default=480, help="video width in pixels")
-    p.add_argument("--height", type=int, default=360, help="video height in pixels")
+    p.add_argument("--width", type=int, default=480, help="video width in pixels (default 480)")
+    p.add_argument("--height", type=int, default=360, help="video height in pixels (default 360)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while rendering")
 
 
 def _add_plot(sub) -> None:
@@ -139,6 +183,36 @@ def _add_bench(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address")
 
 
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search ES settings with Optuna (resumable study in SQLite)",
+        description="Hyperparameter search: each trial trains CONFIG with sampled settings for "
+        "--budget env steps as an ordinary run folder under --out; trials trailing the median "
+        "are pruned. The study is OUT/study.sqlite3, so re-running continues it. Writes the best "
+        "config to OUT/best.yaml.",
+    )
+    p.add_argument("config", help="base YAML config (its seed is the tuning seed)")
+    p.add_argument("--trials", type=int, required=True, help="trials the study should hold")
+    p.add_argument("--budget", type=int, required=True, help="env steps per trial")
+    p.add_argument(
+        "--space",
+        help="search space YAML (config key -> {type, low, high, log} or {type: categorical, "
+        "choices}); default: the policy family's space",
+    )
+    p.add_argument("--out", help="study folder (default: runs/tune/<config name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key for every trial (e.g. backend.name=ray); repeatable",
+    )
+    p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odepolicy",
@@ -146,13 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"odepolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_plot, _add_sweep, _add_bench):
+    for add in (_add_train, _add_evaluate, _add_plot, _add_sweep, _add_tune, _add_bench):
         add(sub)
     return parser
 
 
 def cmd_train(args) -> int:
-    from .config import load_config
     from .trainer import resume, train
 
     if args.resume:
@@ -160,9 +233,7 @@ def cmd_train(args) -> int:
             raise OdepolicyError("give either a CONFIG or --resume RUN_DIR, not both")
         summary = resume(args.resume, args.overrides, show_progress=not args.quiet)
     else:
-        if not args.config:
-            raise OdepolicyError("train needs a CONFIG.yaml (or --resume RUN_DIR)")
-        config = load_config(args.config, args.overrides)
+        config = _train_config(args)
         summary = train(config, args.out, args.name, not args.quiet, args.overwrite)
     print(
         f"run {summary['run_dir']}: {summary['iteration']} iterations, "
@@ -172,8 +243,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_config(args):
+    """The config of `train`: a file, or the preset of (--env, --policy), plus overrides."""
+    from .config import config_from_dict, find_preset, load_config
+
+    named = [f"env={args.env}"] if args.env else []
+    named += [f"policy.name={args.policy}"] if args.policy else []
+    if args.config:
+        return load_config(args.config, named + args.overrides)
+    if not (args.env and args.policy):
+        raise OdepolicyError(
+            "train needs a CONFIG.yaml, --env and --policy (a preset), or --resume RUN_DIR"
+        )
+    preset = find_preset(args.env, args.policy)
+    if preset is None:
+        print(
+            f"odepolicy: no preset for {args.env} with {args.policy}; using the library defaults",
+            file=sys.stderr,
+        )
+        return config_from_dict({}, named + args.overrides)
+    print(f"odepolicy: starting from preset {preset}", file=sys.stderr)
+    return load_config(preset, named + args.overrides)
+
+
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint, record_json
 
     out = evaluate_checkpoint(
         args.path,
@@ -181,17 +275,38 @@ def cmd_evaluate(args) -> int:
         seed=args.seed,
         env_id=args.env,
         horizon=args.horizon,
+        obs_noise=args.obs_noise,
+        action_noise=args.action_noise,
         video=args.video,
+        video_episodes=args.video_episodes,
+        camera=args.camera,
         fps=args.fps,
         size=(args.width, args.height),
+        show_progress=not args.quiet,
     )
+    if args.json:
+        print(record_json(out))
+        return 0
     last_seed = out["seed"] + out["episodes"] - 1
+    noise = ""
+    if out["obs_noise"] or out["action_noise"]:
+        noise = f", obs noise {out['obs_noise']:g}, action noise {out['action_noise']:g}"
     print(
         f"{out['env_id']} {out['policy']}: return {out['mean']:.2f} +- {out['std']:.2f} "
-        f"over {out['episodes']} episodes (seeds {out['seed']}..{last_seed})"
+        f"over {out['episodes']} episodes (seeds {out['seed']}..{last_seed}{noise})"
     )
-    if args.video:
-        print(f"video written to {args.video}")
+    print(
+        f"return min {out['min']:.2f}, max {out['max']:.2f}; episode length mean "
+        f"{out['length_mean']:.1f}, min {out['length_min']}, max {out['length_max']}"
+    )
+    if out["failed"]:
+        print(f"{out['failed']} episode(s) failed: {out['failures'][0]}")
+    if out["video"]:
+        v = out["video"]
+        print(
+            f"video written to {v['path']} ({v['episodes']} episode(s), {v['frames']} frames, "
+            f"camera {v['camera']})"
+        )
     return 0
 
 
@@ -207,6 +322,12 @@ def cmd_sweep(args) -> int:
     return sweep_command(args)
 
 
+def cmd_tune(args) -> int:
+    from .tune import tune_command
+
+    return tune_command(args)
+
+
 def cmd_bench(args) -> int:
     from .bench import bench_command
 
@@ -218,6 +339,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "plot": cmd_plot,
     "sweep": cmd_sweep,
+    "tune": cmd_tune,
     "bench": cmd_bench,
 }
 

@@ -228,3 +228,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+PRESETS_ENV = "ODEPOLICY_PRESETS"
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked for: $ODEPOLICY_PRESETS, ./experiments/presets, and the
+    source checkout's experiments/presets (an editable install)."""
+    import os
+
+    dirs = [Path(os.environ[PRESETS_ENV])] if os.environ.get(PRESETS_ENV) else []
+    dirs += [Path("experiments") / "presets"]
+    dirs += [Path(__file__).resolve().parents[1] / "experiments" / "presets"]
+    return dirs
+
+
+def find_preset(env: str, policy: str) -> Path | None:
+    """The tuned preset `<env>/<policy>.yaml` for a pair, or None."""
+    env_dir = env.replace("dm_control/", "dmc-").replace("/", "-")
+    for root in preset_dirs():
+        path = root / env_dir / f"{policy}.yaml"
+        if path.is_file():
+            return path
+    return None

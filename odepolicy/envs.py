@@ -4,11 +4,17 @@
 Gymnasium step contract (terminated and truncated kept apart). dm_control tasks come through
 Shimmy's Gymnasium ids (`dm_control/<domain>-<task>-v0`); their Dict observations are flattened
 in sorted key order, which is recorded (`obs_keys`) so a checkpoint can refuse a mismatch.
+
+This layer also owns the environments' console noise: third-party deprecation notices that say
+nothing about the user's run (MuJoCo's `settotalmass` notice, which arrives either through our
+MuJoCo warning callback or, once dm_control is imported, through dm_control's absl logging) are
+dropped in one place, `_quiet_known_notices`; every other warning still shows.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -23,21 +29,47 @@ _DM_PREFIX = "dm_control/"
 _DM_DEFAULT_STEPS = 1000
 
 
+# Gymnasium's half_cheetah.xml and dm_control's cheetah.xml use a compiler attribute MuJoCo 3.x
+# deprecates; MuJoCo repeats the notice for every model compiled (one per environment built,
+# hundreds per ES iteration), and there is nothing a user of this library can do about it.
+_KNOWN_NOTICES = ("settotalmass",)
+
+
+def _is_known_notice(message: str) -> bool:
+    return any(notice in message for notice in _KNOWN_NOTICES)
+
+
 def _quiet_mujoco_warning(message: str) -> None:
-    # Gymnasium's half_cheetah.xml uses an attribute MuJoCo 3.x deprecates; MuJoCo prints the
-    # notice for every model compiled, hundreds per ES iteration. Other warnings still show.
-    if "settotalmass" not in message:
+    if not _is_known_notice(message):
         sys.stderr.write(f"MuJoCo warning: {message}\n")
+
+
+class _KnownNoticeFilter(logging.Filter):
+    """Drops the known notices from a logger; passes every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_known_notice(record.getMessage())
+
+
+def _quiet_known_notices() -> None:
+    """Install the filters (idempotent; each process building environments calls it)."""
+    import mujoco
+
+    # Without dm_control, MuJoCo's warnings reach our callback. Importing dm_control replaces
+    # any callback with one that logs through absl, so the absl logger gets the same filter.
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_quiet_mujoco_warning)
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _KnownNoticeFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_KnownNoticeFilter())
 
 
 def _import_gym():
     # Rendering needs a GL backend chosen before mujoco is first imported.
     os.environ.setdefault("MUJOCO_GL", "egl")
     import gymnasium as gym
-    import mujoco
 
-    if mujoco.get_mju_user_warning() is None:
-        mujoco.set_mju_user_warning(_quiet_mujoco_warning)
+    _quiet_known_notices()
     return gym
 
 
@@ -101,6 +133,24 @@ class Env:
 
     def render(self):
         return self.gym_env.render()
+
+    def physics(self):
+        """The MuJoCo (MjModel, MjData) this environment steps, for rendering and inspection;
+        the same pair for Gymnasium MuJoCo tasks and, through Shimmy, dm_control tasks."""
+        inner = self.gym_env.unwrapped
+        if hasattr(inner, "model") and hasattr(inner, "data"):  # gymnasium MujocoEnv
+            return inner.model, inner.data
+        dm_env = getattr(inner, "_env", None)  # shimmy's DmControlCompatibilityV0
+        physics = getattr(dm_env, "physics", None)
+        if physics is None:
+            raise OdepolicyError(f"{self.env_id} is not a MuJoCo environment")
+        return physics.model.ptr, physics.data.ptr
+
+    def camera_defaults(self) -> dict:
+        """The free camera's settings (MjvCamera attributes) the task's authors chose, for a
+        model without a camera of its own that follows the agent; {} when they chose none."""
+        renderer = getattr(self.gym_env.unwrapped, "mujoco_renderer", None)
+        return dict(getattr(renderer, "default_cam_config", None) or {})
 
     def close(self) -> None:
         self.gym_env.close()

@@ -37,6 +37,8 @@ __all__ = [
     "plot_command",
     "X_AXES",
     "BANDS",
+    "ARS_THRESHOLDS",
+    "steps_to_threshold",
 ]
 
 X_AXES = {
@@ -77,7 +79,22 @@ _SUMMARY_FIELDS = [
     "best_return_mean",
     "best_return_std",
     "env_steps_mean",
+    "threshold",
+    "seeds_reached",
+    "steps_to_threshold_mean",
+    "steps_to_threshold_std",
 ]
+
+# ARS's reward thresholds (Mania et al. 2018, Table 1; Gym v1 tasks, approximate targets for
+# the v5 tasks): drawn as dashed lines and used for env steps to threshold.
+ARS_THRESHOLDS = {
+    "Swimmer-v5": 325.0,
+    "Hopper-v5": 3120.0,
+    "HalfCheetah-v5": 3430.0,
+    "Walker2d-v5": 4390.0,
+    "Ant-v5": 3580.0,
+    "Humanoid-v5": 6000.0,
+}
 
 
 @dataclass
@@ -268,9 +285,18 @@ def aggregate(runs: list[Run], x: str = "timesteps", band: str = "std") -> list[
     return curves
 
 
-def summary_table(runs: list[Run]) -> list[dict]:
+def steps_to_threshold(run: Run, threshold: float) -> float | None:
+    """Env steps at the first evaluation whose mean return reaches `threshold` (None: never)."""
+    hits = np.flatnonzero(run.returns >= threshold)
+    return float(run.env_steps[hits[0]]) if len(hits) else None
+
+
+def summary_table(runs: list[Run], thresholds: dict | None = None) -> list[dict]:
     """Per (task, method): seeds, final and best evaluation return (mean and population std
-    across seeds of each seed's last and best evaluation), mean env steps at the end."""
+    across seeds of each seed's last and best evaluation), mean env steps at the end, and for
+    tasks with a threshold (ARS's by default) the env steps at which each seed first reached
+    it (mean and std over the seeds that did, and how many did)."""
+    thresholds = ARS_THRESHOLDS if thresholds is None else thresholds
     table = []
     for (task, method), group in group_runs(runs).items():
         group = [r for r in group if len(r.returns)]
@@ -279,6 +305,10 @@ def summary_table(runs: list[Run]) -> list[dict]:
         final = np.array([r.returns[-1] for r in group])
         best = np.array([r.returns.max() for r in group])
         steps = np.array([r.final_env_steps for r in group], dtype=np.float64)
+        threshold = thresholds.get(task)
+        reached = []
+        if threshold is not None:
+            reached = [s for s in (steps_to_threshold(r, threshold) for r in group) if s]
         table.append(
             {
                 "task": task,
@@ -289,22 +319,40 @@ def summary_table(runs: list[Run]) -> list[dict]:
                 "best_return_mean": float(best.mean()),
                 "best_return_std": float(best.std()),
                 "env_steps_mean": float(steps.mean()),
+                "threshold": "" if threshold is None else threshold,
+                "seeds_reached": len(reached) if threshold is not None else "",
+                "steps_to_threshold_mean": float(np.mean(reached)) if reached else "",
+                "steps_to_threshold_std": float(np.std(reached)) if reached else "",
             }
         )
     return table
 
 
+def _steps(value) -> str:
+    return "" if value == "" else f"{value / 1e6:.2f}M"
+
+
 def table_markdown(table: list[dict]) -> str:
     lines = [
-        "| task | method | seeds | final return | best return | env steps |",
-        "|---|---|---:|---:|---:|---:|",
+        "| task | method | seeds | final return | best return | env steps "
+        "| steps to threshold (seeds reached) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in table:
+        if r["threshold"] == "":
+            reach = ""
+        elif r["seeds_reached"]:
+            reach = (
+                f"{_steps(r['steps_to_threshold_mean'])} ± {_steps(r['steps_to_threshold_std'])} "
+                f"({r['seeds_reached']}/{r['seeds']} reached {r['threshold']:.0f})"
+            )
+        else:
+            reach = f"not reached (0/{r['seeds']} reached {r['threshold']:.0f})"
         lines.append(
             f"| {r['task']} | {r['method']} | {r['seeds']} "
             f"| {r['final_return_mean']:.2f} ± {r['final_return_std']:.2f} "
             f"| {r['best_return_mean']:.2f} ± {r['best_return_std']:.2f} "
-            f"| {r['env_steps_mean']:.0f} |"
+            f"| {r['env_steps_mean']:.0f} | {reach} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -355,14 +403,17 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
     curves = aggregate(runs, x, band)
     if not curves:
         raise OdepolicyError("no run has an evaluation yet; nothing to plot")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     tasks = sorted({c.task for c in curves})
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig = Figure(figsize=(4.6 * cols, 3.5 * rows), layout="constrained")
+    fig = Figure(figsize=(4.6 * cols + 2.2, 3.5 * rows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(tasks) :]:
         ax.set_visible(False)
+    handles: dict[str, object] = {}
     for task, ax in zip(tasks, axes.flat):
         for curve in (c for c in curves if c.task == task):
             style = method_style(curve.method)
@@ -373,22 +424,47 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
                     file=sys.stderr,
                 )
             marker = "o" if len(curve.grid) == 1 else None
-            ax.plot(curve.grid, curve.mean, label=label, marker=marker, **style)
+            (line,) = ax.plot(curve.grid, curve.mean, label=label, marker=marker, **style)
+            handles.setdefault(style["color"] + label.split(" (n=")[0], line)
             if curve.lo is not None:
                 ax.fill_between(
                     curve.grid, curve.lo, curve.hi, color=style["color"], alpha=0.2, linewidth=0
                 )
+        if task in ARS_THRESHOLDS:
+            ax.axhline(ARS_THRESHOLDS[task], color="black", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"ARS threshold {ARS_THRESHOLDS[task]:.0f}",
+                (0.01, ARS_THRESHOLDS[task]),
+                xycoords=("axes fraction", "data"),
+                fontsize="x-small",
+                va="bottom",
+            )
         ax.set_title(task)
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel("evaluation return")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        if x == "timesteps":
+            ax.xaxis.set_major_formatter(FuncFormatter(_millions))
+    labels = [h.get_label().split(" (n=")[0] for h in handles.values()]
+    fig.legend(list(handles.values()), labels, loc="outside right upper", fontsize="small")
     fig.suptitle(f"mean over seeds; {_BAND_CAPTIONS[band]}", fontsize="small")
     png, pdf = _figure_paths(out)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
     fig.savefig(pdf, metadata={"CreationDate": None})  # byte-identical on a re-run
     return png, pdf
+
+
+def _millions(value: float, _pos=None) -> str:
+    """Tick labels in readable units: 0, 0.5M, 1M, 250k."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
 
 
 def plot_command(args) -> int:

@@ -217,12 +217,12 @@ def run_status(run: SweepRun, out: Path) -> str:
 
 
 def _cluster_cpus(address: str) -> int:
+    """CPUs of the cluster at `address`; a dead address fails fast, naming where it came from."""
     import ray
 
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise OdepolicyError(f"cannot join Ray cluster at {address}: {exc}") from None
+    from .backends.ray_backend import init_ray
+
+    init_ray(address)  # never passes num_cpus when joining
     try:
         return int(ray.cluster_resources().get("CPU", 1))
     finally:

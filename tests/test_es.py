@@ -89,7 +89,7 @@ def test_failed_perturbations_are_left_out():
     assert info["failed"] == 2 and np.all(np.isfinite(es.center))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "clipup"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_riemannian_es_converges_and_stays_on_manifolds(optimizer, seed):
     rng = np.random.default_rng(seed)
@@ -113,8 +113,10 @@ def test_riemannian_es_converges_and_stays_on_manifolds(optimizer, seed):
         )
 
     theta0 = layout.init(rng)
-    lr = 0.05 if optimizer == "sgd" else 0.02
-    settings = ESSettings(sigma=0.05, lr=lr, directions=40, shaping="none", optimizer=optimizer)
+    lr = {"sgd": 0.05, "adam": 0.02, "clipup": 0.02}[optimizer]
+    settings = ESSettings(
+        sigma=0.05, lr=lr, momentum=0.5, directions=40, shaping="none", optimizer=optimizer
+    )
     es = RiemannianES(layout, theta0, settings, seed)
     optimum = layout.flatten(
         {"X": stiefel.project(C), "S": S0, "e": e0, "W": Stiefel(2, 5).project(D)}

@@ -139,7 +139,8 @@ def test_plot_writes_figure_and_exact_summary(runs_root, tmp_path, capsys):
             assert float(table[key][column]) == value, (key, column)
 
     md = (tmp_path / "fig" / "curves_summary.md").read_text()
-    assert "| Swimmer-v5 | iso_odetoode | 3 | 40.00 ± 8.16 | 44.00 ± 12.33 | 423 |" in md
+    row = "| Swimmer-v5 | iso_odetoode | 3 | 40.00 ± 8.16 | 44.00 ± 12.33 | 423 "
+    assert row + "| not reached (0/3 reached 325) |" in md
     assert md in stdout
 
 
@@ -288,3 +289,23 @@ def test_plot_runs_made_by_the_trainer(tmp_path, capsys):
     assert float(row["best_return_mean"]) == np.mean(bests)
     assert float(row["best_return_std"]) == np.std(bests)
     assert float(row["env_steps_mean"]) == np.mean(ends)
+
+
+def test_steps_to_threshold_and_readable_ticks(tmp_path):
+    from odepolicy.plotting import _millions, steps_to_threshold, summary_table
+
+    for seed, rets in enumerate([[100, 330, 200], [50, 60, 400], [10, 20, 30]]):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(
+            f"env: Swimmer-v5\nseed: {seed}\npolicy: {{name: linear}}\n"
+        )
+        rows = ["iteration,env_steps,wall_seconds,eval_return_mean"]
+        rows += [f"{i + 1},{(i + 1) * 500000},1.0,{r}" for i, r in enumerate(rets)]
+        (run / "progress.csv").write_text("\n".join(rows) + "\n")
+    runs = [load_run(p) for p in find_runs(tmp_path)]
+    assert [steps_to_threshold(r, 325.0) for r in runs] == [1e6, 1.5e6, None]
+    (row,) = summary_table(runs)
+    assert row["seeds_reached"] == 2 and row["threshold"] == 325.0
+    assert row["steps_to_threshold_mean"] == 1.25e6 and row["steps_to_threshold_std"] == 0.25e6
+    assert [_millions(v) for v in (0, 5e5, 1e6, 2.5e6, 250)] == ["0", "500k", "1M", "2.5M", "250"]

@@ -16,18 +16,46 @@ still evaluated exactly once. Only when no actor is left and none can be started
 `evaluate` raise `OdepolicyError`, and the trainer then keeps the last finished iteration's
 checkpoint.
 
-`address=None` starts a private local Ray instance (or reuses one already initialised in this
-process); `"auto"` or `HOST:PORT` joins a running cluster. With token authentication on (the
-default of clusters started by Ray >= 2.5x) a driver joining by address needs
-`RAY_AUTH_MODE=token` and the cluster's token (`RAY_AUTH_TOKEN` or `~/.ray/auth_token`).
+Where the actors run (`backend.address`, resolved by `resolve_address`). A run must not depend
+on what the machine ran before, so Ray's own fallbacks (a bare `ray.init()` joins whatever
+cluster `/tmp/ray/ray_current_cluster` names, even one that died long ago) are not used:
+
+* unset (None): a new private local instance, `ray.init(address="local", num_cpus=...)`, whatever
+  address file the machine holds. The one exception is a Ray job's driver: `ray job submit`
+  sets `RAY_ADDRESS`, and a run that finds it set joins that cluster and says so on stderr.
+* `"local"`: a new private local instance even where `RAY_ADDRESS` is set.
+* `"auto"`: the cluster this machine runs, i.e. `RAY_ADDRESS` if set, else the address file that
+  `ray start` wrote (`$RAY_TMPDIR/ray/ray_current_cluster`, by default under /tmp).
+* `"HOST:PORT"`: that cluster (its GCS port, 6379 unless `ray start --port` said otherwise).
+
+Joining never passes `num_cpus` (the cluster's nodes own their resources). Before `ray.init`
+joins, a short TCP connect to the GCS port checks that something answers there: Ray itself
+retries a dead address for minutes. A dead, unreachable or malformed address is an
+`OdepolicyError` that names where the address came from. `RayBackend.cluster_info` records the
+address used and its source (the trainer stores it in meta.json). A Ray instance already
+initialised in this process (a library caller's, or the test session's) is reused as it is.
+
+Token authentication (Ray >= 2.5x): a local `ray.init` turns it on by default (it sets
+`RAY_AUTH_MODE=token` in its own process and creates `~/.ray/auth_token` if no token exists),
+and `ray start --head` turns it on when a token exists. A driver that joins by an explicit
+address (HOST:PORT, `RAY_ADDRESS`) never turns it on by itself, so joining such a cluster needs
+`RAY_AUTH_MODE=token` and the cluster's token in `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or
+`~/.ray/auth_token`; without them `ray.init` fails after about 20 s with a bare
+"Failed to connect", which the error here completes with that hint. "auto" read from the
+address file does what Ray's own `ray.init("auto")` does: with RAY_AUTH_MODE unset it turns
+token mode on where this machine has a token, since `ray start` made that cluster here.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
+import tempfile
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 
@@ -35,9 +63,192 @@ from .. import OdepolicyError
 from ..rollout import PerturbationResult, RolloutTask
 from .base import Backend
 
-__all__ = ["RayBackend"]
+__all__ = ["RayBackend", "init_ray", "resolve_address"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+# Seconds the TCP check of a cluster's GCS port may take before the address counts as
+# unreachable: long enough for a far-away head, short next to Ray's own minutes of retries.
+PROBE_TIMEOUT = 5.0
+
+
+# -- where Ray runs -----------------------------------------------------------------------------
+def address_file() -> Path:
+    """The file in which `ray start` records the cluster it started ("auto" reads it)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:  # pragma: no cover - Ray moved it; same rule as Ray's own
+        tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or tempfile.gettempdir()
+        return Path(tmp) / "ray" / "ray_current_cluster"
+    return Path(get_ray_address_file(None))
+
+
+def resolve_address(address: str | None) -> tuple[str, str]:
+    """The Ray address a run uses and where it came from; reads the environment, not Ray.
+
+    Returns `(address, source)`: `("local", "local")` for a new private instance, otherwise a
+    HOST:PORT (or a `ray://` client address) and the source that named it: "config"
+    (`backend.address`), "RAY_ADDRESS", or "address file" (for "auto"). The rules are in the
+    module docstring; the point is that an address file left on the machine never redirects a
+    run that asked for nothing.
+    """
+    given = (address or "").strip()
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if given == "local":
+        return "local", "local"
+    if not given or given == "auto":
+        # As in Ray, a set RAY_ADDRESS stands for an unset or "auto" address; its values
+        # "local" and "auto" keep Ray's meanings. Only an unset address ignores the file.
+        if env == "local" or (not env and not given):
+            return "local", "local"
+        if env and env != "auto":
+            return env, "RAY_ADDRESS"
+        path = address_file()
+        try:
+            found = path.read_text().strip()
+        except OSError:
+            found = ""
+        if not found:
+            raise OdepolicyError(
+                f"Ray address 'auto': no Ray cluster was started on this machine (no address "
+                f"file {path}); start one with `ray start --head`, or set "
+                f"backend.address=HOST:PORT"
+            )
+        return found, "address file"
+    return given, "config"
+
+
+def _origin(source: str, address: str) -> str:
+    """Where an address came from, worded for an error message: the thing to fix."""
+    if source == "RAY_ADDRESS":
+        return "from RAY_ADDRESS; unset it, or set backend.address=local, for a local Ray instance"
+    if source == "address file":
+        return (
+            f"backend.address=auto, read from {address_file()}, written by an earlier `ray start`"
+        )
+    return f"backend.address={address}"
+
+
+def _check_reachable(address: str, origin: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail fast where no cluster can answer: ray.init would retry a dead address for minutes."""
+    target = address
+    if "://" in target:
+        scheme, _, rest = target.partition("://")
+        if scheme.lower() in ("http", "https"):
+            raise OdepolicyError(
+                f"Ray address {address} ({origin}) is a dashboard / job-submission address; a run "
+                f"joins a cluster by its GCS address HOST:PORT (default port 6379)"
+            )
+        if scheme.lower() != "ray":
+            return  # another Ray Client scheme: leave it to ray.init
+        target = rest.split("/", 1)[0]
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise OdepolicyError(
+            f"Ray address {address!r} ({origin}) is not HOST:PORT; use HOST:PORT, 'auto' or 'local'"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused, nothing listens there"
+        elif isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+            reason = f"no answer within {timeout:g} s"
+        elif isinstance(exc, socket.gaierror):
+            reason = f"unknown host {host!r}"
+        else:
+            reason = exc.strerror or type(exc).__name__
+        raise OdepolicyError(f"no Ray cluster at {address} ({origin}): {reason}") from None
+
+
+def init_ray(
+    address: str | None,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> dict:
+    """Start or join Ray as `resolve_address` decides and return `{"address", "source"}`.
+
+    `num_cpus` and `object_store_memory` size a new local instance only: Ray refuses them when
+    joining, since the cluster's nodes own their resources. Every failure is an
+    OdepolicyError naming the address and where it came from.
+    """
+    import ray
+
+    target, source = resolve_address(address)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if source == "local":
+        try:
+            ray.init(
+                address="local",  # never the address file or RAY_ADDRESS
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                object_store_memory=object_store_memory,
+                **kwargs,
+            )
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            raise OdepolicyError(f"cannot start a local Ray instance: {_why(exc)}") from None
+        return {"address": "local", "source": "local"}
+    origin = _origin(source, target)
+    _check_reachable(target, origin)
+    if source == "address file":
+        _trust_local_token()
+    if source == "RAY_ADDRESS":  # implicit, so say it: a stray RAY_ADDRESS is easy to miss
+        print(
+            f"odepolicy: joining the Ray cluster at {target} given by RAY_ADDRESS",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        ray.init(address=target, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        raise OdepolicyError(
+            f"cannot join the Ray cluster at {target} ({origin}): {_why(exc)}; {_join_hint()}"
+        ) from None
+    return {"address": target, "source": source}
+
+
+def _trust_local_token() -> None:
+    """Token auth for a cluster this machine started, as Ray's own `ray.init("auto")` does.
+
+    The address file names a cluster that `ray start` started here, so a token on this machine
+    is meant for it: where RAY_AUTH_MODE is unset and a token exists, turn token mode on. An
+    explicit address never gets this (Ray's rule too): the token would go to whoever that is."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # pragma: no cover - a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _join_hint() -> str:
+    """What to check when the GCS port answers but ray.init cannot join.
+
+    Ray reports only "Failed to connect" (the cause, e.g. a missing token, goes to its C++ log),
+    so name the usual causes: token authentication, which a driver joining by address does not
+    turn on by itself, and a port that is not a Ray GCS of this Ray version."""
+    import ray
+
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        auth = "check that the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        auth += " is the cluster's"
+    else:
+        auth = "if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token"
+        auth += " (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+    return f"{auth}; check that the address is the GCS port of a Ray {ray.__version__} cluster"
+
+
+def _current_cluster(ray) -> dict:
+    """cluster_info for a Ray instance this process had initialised before the backend."""
+    try:
+        node = ray._private.worker._global_node
+        if node is not None and node.head:  # this process started it: a local instance
+            return {"address": "local", "source": "reused"}
+        return {"address": ray.get_runtime_context().gcs_address, "source": "reused"}
+    except Exception:  # pragma: no cover - private Ray API moved
+        return {"address": "unknown", "source": "reused"}
 
 
 class _RolloutActor:
@@ -105,6 +316,9 @@ class RayBackend(Backend):
         self.workers = int(workers)
         self.address = address
         self._started_ray = False
+        # {"address": "local" or the address joined, "source": "local" | "config" |
+        # "RAY_ADDRESS" | "address file" | "reused"}; recorded in the run's meta.json
+        self.cluster_info: dict = {}
         self._slots: list[_Slot] = []
         self._closed = False
         self._connect()
@@ -122,21 +336,13 @@ class RayBackend(Backend):
     def _connect(self) -> None:
         ray = self._ray
         if ray.is_initialized():
+            self.cluster_info = _current_cluster(ray)
             return
-        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            if self.address is None:
-                ray.init(
-                    num_cpus=max(os.cpu_count() or 1, self.workers),
-                    object_store_memory=100 * 1024 * 1024,
-                    **kwargs,
-                )
-            else:
-                ray.init(address=self.address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = "a local Ray instance" if self.address is None else self.address
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OdepolicyError(f"cannot start or join Ray ({where}): {msg}") from None
+        self.cluster_info = init_ray(
+            self.address,
+            num_cpus=max(os.cpu_count() or 1, self.workers),
+            object_store_memory=100 * 1024 * 1024,
+        )
         self._started_ray = True
 
     def _start_actor(self) -> _Slot:

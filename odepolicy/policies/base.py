@@ -4,16 +4,20 @@ Every policy maps a population of flat parameter vectors `thetas` [P, m] (the ES
 and one observation per row [P, obs_dim] to one action per row [P, act_dim]. The work that
 depends on the parameters alone (for the ODE families: the matrix flow W_1..W_N, DESIGN.md
 principle 1) happens once per rollout in `prepare`; `step` is then called once per environment
-step and costs a few batched mat-vecs.
+step. Numpy goes in and comes out.
 
-All arithmetic is float64 torch on `device`; numpy goes in and comes out. A row's result never
-depends on the other rows of the batch, bit for bit, so results do not depend on how a
-population is split across workers. On CPU, torch's `bmm` picks a different kernel for a batch
-of one than for larger batches (seen with h = 64), which changes the last bits, while batches of
-two or more agree row for row; so `matvec` sends a lone row as a batch of two copies. (The
-elementwise form `(W * x[..., None, :]).sum(-1)` is batch-invariant too but 1.5x slower at
-P = 400, h = 16.) `torch.linalg.matrix_exp` needs the same care (see
-`odetoode.batch_matrix_exp`). On CUDA no bitwise promise is made.
+Two backends compute the same function in float64:
+
+* `kernels` (the default on CPU): each of `prepare` and `step` is one call into the compiled
+  per-row kernels of `policies.kernels` (DESIGN.md principle 6). A row's result never depends
+  on the other rows of the batch, bit for bit, so results do not depend on how a population is
+  split across workers. `prepare` computes each distinct parameter row once: the centre
+  policy's evaluation episodes, P copies of one vector, share one matrix flow. The prepared
+  state is a dict of numpy arrays.
+* `torch` (the default on CUDA): batched torch operations on `device`; the prepared state is a
+  dict of tensors. No bitwise promise is made across batch sizes (torch picks different
+  kernels for a batch of one). Setting `policy.backend = "torch"` on a CPU policy runs this
+  path on CPU, the reference the kernels are tested and benchmarked against.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import torch
 
 from .. import OdepolicyError
 from ..params import ParamLayout
+from . import kernels
 
-__all__ = ["Policy", "ODEPolicy", "ACTIVATIONS", "matvec", "resolve_device"]
+__all__ = ["Policy", "ODEPolicy", "ACTIVATIONS", "BACKENDS", "matvec", "resolve_device"]
+
+BACKENDS = ("kernels", "torch")
 
 ACTIVATIONS = {"abs": torch.abs, "tanh": torch.tanh, "relu": torch.relu}
 INPLACE_ACTIVATIONS = {
@@ -55,11 +62,37 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def matvec(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Row-wise W x for W [P, r, c], x [P, c] -> [P, r]; batch-invariant (see module doc)."""
-    if W.shape[0] == 1:
-        W2 = W.expand(2, *W.shape[1:])
-        return torch.bmm(W2, x.expand(2, -1).unsqueeze(-1))[:1, :, 0]
+    """Row-wise W x for W [P, r, c], x [P, c] -> [P, r] (torch backend)."""
     return torch.bmm(W, x.unsqueeze(-1))[:, :, 0]
+
+
+def contiguous(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float64 copy of a block view, as the kernels take (a strided view would
+    compile a second, slower specialisation)."""
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def transposed(x: np.ndarray) -> np.ndarray:
+    """The last two axes swapped, C-contiguous: the kernels' mat-vecs take A^T (see
+    `policies.kernels`)."""
+    return np.ascontiguousarray(np.swapaxes(x, -1, -2), dtype=np.float64)
+
+
+def distinct_rows(thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first, inverse) with thetas == thetas[first][inverse] when some rows of thetas are
+    byte-for-byte equal, else None. The usual populations (all distinct: perturbations; all
+    equal: the centre's evaluation episodes) are settled by cheap checks before any sort."""
+    P = len(thetas)
+    if P < 2 or np.unique(thetas[:, 0]).size == P:
+        return None
+    bits = np.ascontiguousarray(thetas).view(np.int64)  # compare bits: -0.0 is not 0.0 here
+    if (bits == bits[0]).all():
+        return np.zeros(1, dtype=np.int64), np.zeros(P, dtype=np.int64)
+    rows = bits.view(np.dtype((np.void, bits.shape[1] * 8)))[:, 0]
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    if len(first) == P:
+        return None
+    return first.astype(np.int64), inverse.reshape(P).astype(np.int64)
 
 
 def activation(policy: str, name: str):
@@ -90,7 +123,9 @@ def _positive_float(policy: str, key: str, value: Any) -> float:
 class Policy:
     """Base class. Subclasses set `name` and `defaults` (their keyword options and default
     values), implement `_configure` (validate options, set attributes), `_blocks` (the parameter
-    layout), `_prepare` (per-batch work on the parameter blocks) and `_step` (obs -> actions)."""
+    layout), and for each backend the per-batch work on the parameter blocks and the step:
+    `_prepare_kernels` / `_step_kernels` (numpy blocks, compiled kernels) and `_prepare_torch`
+    / `_step_torch` (tensors)."""
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
@@ -114,12 +149,27 @@ class Policy:
         self.obs_dim = _positive_int(self.name, "obs_dim", obs_dim)
         self.act_dim = _positive_int(self.name, "act_dim", act_dim)
         self.device = resolve_device(device)
+        self.backend = "kernels" if self.device.type == "cpu" else "torch"
         self.action_low = self._bound(action_low)
         self.action_high = self._bound(action_high)
+        # The kernels clip every row; an infinite bound clips nothing, as None does.
+        self._low = np.full(self.act_dim, -np.inf) if action_low is None else self.action_low
+        self._high = np.full(self.act_dim, np.inf) if action_high is None else self.action_high
         self.kwargs: dict[str, Any] = {**self.defaults, **kwargs}
         self._configure()
         self.layout = ParamLayout(self._blocks())
         self.num_params = self.layout.size
+
+    @property
+    def backend(self) -> str:
+        """'kernels' (compiled, CPU) or 'torch' (on `device`); see the module doc."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise OdepolicyError(f"unknown policy backend {value!r}; valid: {', '.join(BACKENDS)}")
+        self._backend = value
 
     def _bound(self, bound) -> np.ndarray | None:
         if bound is None:
@@ -139,10 +189,17 @@ class Policy:
     def _blocks(self) -> list:
         raise NotImplementedError
 
-    def _prepare(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _step_kernels(self, prepared: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        """Clipped actions [P, act_dim] for C-contiguous float64 obs s [P, obs_dim]."""
+        raise NotImplementedError
+
+    def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return p
 
-    def _step(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+    def _step_torch(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     # -- public API ----------------------------------------------------------------------
@@ -151,34 +208,60 @@ class Policy:
         Haar-random, other blocks Gaussian with the scale the family chose, biases zero)."""
         return self.layout.init(rng)
 
-    def prepare(self, thetas: np.ndarray) -> dict[str, torch.Tensor]:
-        """Per-rollout work for a population thetas [P, m]; every tensor has leading dim P."""
+    def prepare(self, thetas: np.ndarray) -> dict[str, np.ndarray | torch.Tensor]:
+        """Per-rollout work for a population thetas [P, m]; every array or tensor of the
+        result has leading dim P."""
         thetas = np.asarray(thetas, dtype=np.float64)
         if thetas.ndim != 2 or thetas.shape[1] != self.num_params:
             raise ValueError(
                 f"{self.name}: expected thetas of shape [P, {self.num_params}], got {thetas.shape}"
             )
-        t = torch.as_tensor(np.ascontiguousarray(thetas), device=self.device)
-        P = t.shape[0]
-        blocks = {b.name: t[:, b.slice].reshape(P, *b.shape) for b in self.layout.blocks}
-        return self._prepare(blocks)
+        if self.backend == "torch":
+            t = torch.as_tensor(np.ascontiguousarray(thetas), device=self.device)
+            P = t.shape[0]
+            blocks = {b.name: t[:, b.slice].reshape(P, *b.shape) for b in self.layout.blocks}
+            return self._prepare_torch(blocks)
+        # A row's prepared state depends on that row alone (bit for bit), so equal rows can
+        # share one computation and the copies are exactly what each would have computed.
+        shared = distinct_rows(thetas)
+        if shared is None:
+            return self._prepare_kernels(self.layout.unflatten(thetas))
+        first, inverse = shared
+        return self.select(self._prepare_kernels(self.layout.unflatten(thetas[first])), inverse)
 
-    def step(self, prepared: dict[str, torch.Tensor], obs: np.ndarray) -> np.ndarray:
+    def step(self, prepared: dict[str, np.ndarray | torch.Tensor], obs: np.ndarray) -> np.ndarray:
         """Actions [P, act_dim] (float64 numpy, clipped to the action box) for obs [P, obs_dim]."""
+        if self.backend == "torch":
+            return self._step_with_torch(prepared, obs)
+        s = np.ascontiguousarray(obs, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] != self.obs_dim:
+            raise ValueError(f"{self.name}: expected obs [P, {self.obs_dim}], got {s.shape}")
+        rows = len(next(iter(prepared.values())))
+        if len(s) != rows:  # the kernels index prepared rows by observation row, unchecked
+            raise ValueError(f"{self.name}: {len(s)} observations for {rows} prepared rows")
+        return self._step_kernels(prepared, s)
+
+    def _step_with_torch(self, prepared: dict[str, torch.Tensor], obs: np.ndarray) -> np.ndarray:
         s = torch.as_tensor(np.asarray(obs, dtype=np.float64), device=self.device)
         if s.ndim != 2 or s.shape[1] != self.obs_dim:
             raise ValueError(f"{self.name}: expected obs [P, {self.obs_dim}], got {tuple(s.shape)}")
-        a = self._step(prepared, s).cpu().numpy()
+        a = self._step_torch(prepared, s).cpu().numpy()
         if self.action_low is not None or self.action_high is not None:
             a = np.clip(a, self.action_low, self.action_high)
         return a
 
     @staticmethod
-    def select(prepared: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
-        """Keep rows `idx` (integer array) of every prepared tensor."""
+    def select(
+        prepared: dict[str, np.ndarray | torch.Tensor], idx
+    ) -> dict[str, np.ndarray | torch.Tensor]:
+        """Keep rows `idx` (integer array) of every prepared array or tensor."""
+        idx = np.asarray(idx, dtype=np.int64)
         out = {}
         for k, v in prepared.items():
-            out[k] = v[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=v.device)]
+            if isinstance(v, np.ndarray):
+                out[k] = v[idx]
+            else:
+                out[k] = v[torch.as_tensor(idx, device=v.device)]
         return out
 
     def act(self, thetas: np.ndarray, obs: np.ndarray) -> np.ndarray:
@@ -212,7 +295,11 @@ class Policy:
 
 class ODEPolicy(Policy):
     """Shared options of the continuous-depth families: hidden size h, horizon T, Euler step
-    eta (N = round(T / eta) steps) and the activation f of x' = f(W x + b)."""
+    eta (N = round(T / eta) steps) and the activation f of x' = f(W x + b).
+
+    Families whose matrix flow W_1..W_N depends on the parameters alone implement
+    `_flow_kernels` (W_1^T..W_N^T as [P, N, h, h]) and `_flow_torch` (W_1..W_N); the prepared
+    state and the step are shared."""
 
     defaults: ClassVar[dict[str, Any]] = {
         "hidden": 16,
@@ -231,21 +318,55 @@ class ODEPolicy(Policy):
             raise OdepolicyError(f"policy {self.name!r}: T / eta must be at least 1")
         if "activation" in kw:
             self.f = activation(self.name, kw["activation"])
+            self._code = kernels.ACTIVATION_CODES[kw["activation"]]
+
+    def _flow_kernels(self, p: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _flow_torch(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            "omega_in_t": transposed(p["omega_in"]),
+            "omega_out_t": transposed(p["omega_out"]),
+            "bias": contiguous(p["bias"]),
+            "W_t": self._flow_kernels(p),
+        }
+
+    def _step_kernels(self, prepared: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        return kernels.ode_step(
+            prepared["omega_in_t"],
+            prepared["bias"],
+            prepared["W_t"],
+            prepared["omega_out_t"],
+            s,
+            self.eta,
+            self._code,
+            self._low,
+            self._high,
+        )
+
+    def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "omega_in": p["omega_in"],
+            "omega_out": p["omega_out"],
+            "bias": p["bias"],
+            "W": self._flow_torch(p),
+        }
 
     def _euler(self, Ws: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x_i = x_{i-1} + eta f(W_i x_{i-1} + b), i = 1..N, for Ws [P, N, h, h].
-
-        This loop is the whole per-step cost of the ODE families. Each operation rounds once
-        per element (no fused multiply-add), so rows stay independent of the batch. On CPU it
-        runs in numpy on the tensors' memory: 4 numpy calls per Euler step cost less than
-        torch's per-call dispatch (7% faster ES iterations on HalfCheetah-v5, 64 envs in
-        lockstep). Elsewhere one `baddbmm` and in-place ops; a lone row is padded to two, as in
-        `matvec`."""
+        """x_i = x_{i-1} + eta f(W_i x_{i-1} + b), i = 1..N, for Ws [P, N, h, h] (torch
+        backend). On CPU tensors it runs in numpy on the tensors' memory (4 numpy calls per
+        Euler step cost less than torch's per-call dispatch: this was the CPU path before the
+        kernels, kept so that benchmarks compare against it); elsewhere one `baddbmm` and
+        in-place ops per step."""
         if x.device.type == "cpu":
             return torch.from_numpy(self._euler_numpy(Ws.numpy(), bias.numpy(), x.numpy()))
-        lone = x.shape[0] == 1
-        if lone:
-            Ws, bias, x = Ws.expand(2, *Ws.shape[1:]), bias.expand(2, -1), x.expand(2, -1)
+        return self._euler_batched(Ws, bias, x)
+
+    def _euler_batched(self, Ws: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The Euler loop off CPU: one `baddbmm` and in-place ops per step."""
         x = x.unsqueeze(-1).clone()
         b = bias.unsqueeze(-1)
         f_ = INPLACE_ACTIVATIONS[self.kwargs.get("activation", "abs")]
@@ -254,7 +375,7 @@ class ODEPolicy(Policy):
             f_(y)
             y.mul_(self.eta)
             x.add_(y)
-        return x[:1, :, 0] if lone else x[:, :, 0]
+        return x[:, :, 0]
 
     def _euler_numpy(self, Ws: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
         f_ = NUMPY_INPLACE_ACTIVATIONS[self.kwargs.get("activation", "abs")]
@@ -269,9 +390,7 @@ class ODEPolicy(Policy):
             x += y
         return x[:, :, 0]
 
-    def _step(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
-        """Families with a parameter-only matrix flow: prepared holds omega_in, omega_out,
-        bias and W [P, N, h, h]."""
+    def _step_torch(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         x = matvec(prepared["omega_in"], s)
         x = self._euler(prepared["W"], prepared["bias"], x)
         return matvec(prepared["omega_out"], x)

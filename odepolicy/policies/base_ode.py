@@ -3,6 +3,8 @@
 g is an MLP with two hidden layers of `width` units (tanh) and a linear output, integrated with
 N = round(T / eta) Euler steps from x_0 = Omega_in s; a = Omega_out x_N. As in the paper's
 baselines, the projections are unconstrained. Init: weights ~ N(0, 1/fan_in), biases zero.
+Nothing depends on the parameters alone beyond the weights themselves, so on CPU `prepare`
+only lays them out (transposed) for `kernels.base_ode_step`.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..manifolds import Euclidean
-from .base import ODEPolicy, _positive_int, matvec
+from . import kernels
+from .base import ODEPolicy, _positive_int, contiguous, matvec, transposed
 
 __all__ = ["BaseODE", "mlp_blocks", "mlp_forward"]
 
@@ -60,7 +64,35 @@ class BaseODE(ODEPolicy):
             *mlp_blocks("g_", h, self.width, h),
         ]
 
-    def _step(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {
+            k + "_t": transposed(p[k]) for k in ("omega_in", "omega_out", "g_w1", "g_w2", "g_w3")
+        }
+        out.update({k: contiguous(p[k]) for k in ("g_b1", "g_b2", "g_b3")})
+        return out
+
+    def _step_kernels(self, prepared: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        q = prepared
+        return kernels.base_ode_step(
+            q["omega_in_t"],
+            q["omega_out_t"],
+            q["g_w1_t"],
+            q["g_b1"],
+            q["g_w2_t"],
+            q["g_b2"],
+            q["g_w3_t"],
+            q["g_b3"],
+            s,
+            self.eta,
+            self.n_steps,
+            self._low,
+            self._high,
+        )
+
+    def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return p  # no matrix flow: the step reads the blocks
+
+    def _step_torch(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         x = matvec(prepared["omega_in"], s)
         for _ in range(self.n_steps):
             x = x + self.eta * mlp_forward(prepared, "g_", x)

@@ -7,6 +7,9 @@
   With f = |.| every residual adds a non-negative vector, so N(0, 1/h) weights would grow x
   by up to (1 + 2)^25; the residual weights start at N(0, 1/(h L^2)) (spectral norm ~ 2/L),
   which bounds the growth by about e^2. Projections ~ N(0, 1/fan_in), biases zero.
+
+On CPU `prepare` only lays the weights out (transposed) for `kernels.deepnet_step` /
+`kernels.deep_resnet_step`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..manifolds import Euclidean
-from .base import Policy, _positive_int, activation, matvec
+from . import kernels
+from .base import Policy, _positive_int, activation, contiguous, matvec, transposed
 
 __all__ = ["DeepNet", "DeepResNet"]
 
@@ -45,7 +50,25 @@ class DeepNet(_Deep):
             ("b_out", Euclidean(self.act_dim)),
         ]
 
-    def _step(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k + "_t": transposed(p[k]) for k in ("w_in", "W", "w_out")}
+        out.update({k: contiguous(p[k]) for k in ("b_in", "b", "b_out")})
+        return out
+
+    def _step_kernels(self, p: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        return kernels.deepnet_step(
+            p["w_in_t"],
+            p["b_in"],
+            p["W_t"],
+            p["b"],
+            p["w_out_t"],
+            p["b_out"],
+            s,
+            self._low,
+            self._high,
+        )
+
+    def _step_torch(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         z = torch.tanh(matvec(p["w_in"], s) + p["b_in"])
         for l in range(self.layers - 1):
             z = torch.tanh(matvec(p["W"][:, l], z) + p["b"][:, l])
@@ -59,6 +82,7 @@ class DeepResNet(_Deep):
     def _configure(self) -> None:
         super()._configure()
         self.f = activation(self.name, self.kwargs["activation"])
+        self._code = kernels.ACTIVATION_CODES[self.kwargs["activation"]]
 
     def _blocks(self) -> list:
         h, L = self.hidden, self.layers
@@ -69,7 +93,24 @@ class DeepResNet(_Deep):
             ("b", Euclidean(L, h)),
         ]
 
-    def _step(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k + "_t": transposed(p[k]) for k in ("omega_in", "W", "omega_out")}
+        out["b"] = contiguous(p["b"])
+        return out
+
+    def _step_kernels(self, p: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        return kernels.deep_resnet_step(
+            p["omega_in_t"],
+            p["W_t"],
+            p["b"],
+            p["omega_out_t"],
+            s,
+            self._code,
+            self._low,
+            self._high,
+        )
+
+    def _step_torch(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         x = matvec(p["omega_in"], s)
         for l in range(self.layers):
             x = x + self.f(matvec(p["W"][:, l], x) + p["b"][:, l])

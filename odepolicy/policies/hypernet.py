@@ -4,8 +4,9 @@ reshaped state w_t of an "entangled" Neural ODE w' = MLP(w) (two tanh hidden lay
 
 Both flows take the same N Euler steps; like ODEtoODE, x_i uses the freshly updated W_i:
 w_i = w_{i-1} + eta MLP(w_{i-1}), x_i = x_{i-1} + eta f(W_i x_{i-1} + b). The w-flow depends only
-on the parameters, so `prepare` computes W_1..W_N once for the population. Init: projections
-and w_0 ~ N(0, 1/fan_in), MLP weights ~ N(0, 1/fan_in), biases zero.
+on the parameters, so `prepare` computes W_1..W_N once for the population
+(`kernels.hypernet_flow` on CPU). Init: projections and w_0 ~ N(0, 1/fan_in), MLP weights
+~ N(0, 1/fan_in), biases zero.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..manifolds import Euclidean
-from .base import ODEPolicy, _positive_int
+from . import kernels
+from .base import ODEPolicy, _positive_int, contiguous
 from .base_ode import mlp_blocks, mlp_forward
 
 __all__ = ["HyperNet"]
@@ -42,12 +45,15 @@ class HyperNet(ODEPolicy):
             *mlp_blocks("hyper_", h * h, self.hyper_width, h * h),
         ]
 
-    def _prepare(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _flow_kernels(self, p: dict[str, np.ndarray]) -> np.ndarray:
+        mlp = [contiguous(p[f"hyper_{k}"]) for k in ("w1", "b1", "w2", "b2", "w3", "b3")]
+        return kernels.hypernet_flow(contiguous(p["w0"]), *mlp, self.eta, self.n_steps)
+
+    def _flow_torch(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         P, h = p["w0"].shape[0], self.hidden
         w = p["w0"].reshape(P, h * h)
         ws = []
         for _ in range(self.n_steps):
             w = w + self.eta * mlp_forward(p, "hyper_", w)
             ws.append(w)
-        W = torch.stack(ws, dim=1).reshape(P, self.n_steps, h, h)
-        return {"omega_in": p["omega_in"], "omega_out": p["omega_out"], "bias": p["bias"], "W": W}
+        return torch.stack(ws, dim=1).reshape(P, self.n_steps, h, h)

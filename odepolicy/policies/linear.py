@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..manifolds import Euclidean
-from .base import Policy, matvec
+from . import kernels
+from .base import Policy, contiguous, matvec, transposed
 
 __all__ = ["Linear"]
 
@@ -20,5 +22,11 @@ class Linear(Policy):
     def _blocks(self) -> list:
         return [("M", Euclidean(self.act_dim, self.obs_dim)), ("c", Euclidean(self.act_dim))]
 
-    def _step(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"M_t": transposed(p["M"]), "c": contiguous(p["c"])}
+
+    def _step_kernels(self, p: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        return kernels.linear_step(p["M_t"], p["c"], s, self._low, self._high)
+
+    def _step_torch(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         return matvec(p["M"], s) + p["c"]

@@ -4,8 +4,9 @@ whose weight matrix is a trigonometric polynomial of degree d in time,
     W_t = A_0 + sum_{k=1..d} (A_k cos(2 pi k t / T) + B_k sin(2 pi k t / T)).
 
 W_t depends only on the parameters, so `prepare` evaluates W_1..W_N (W_i = W_{t_i}, t_i = i eta,
-the same indexing as ODEtoODE) once for the population. Init: projections ~ N(0, 1/fan_in),
-A_0 ~ N(0, 1/h), harmonics A_k, B_k ~ N(0, 0.01/h) (a near-autonomous start), bias zero.
+the same indexing as ODEtoODE) once for the population (`kernels.nanode_flow` on CPU).
+Init: projections ~ N(0, 1/fan_in), A_0 ~ N(0, 1/h), harmonics A_k, B_k ~ N(0, 0.01/h) (a
+near-autonomous start), bias zero.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from ..manifolds import Euclidean
-from .base import ODEPolicy, _positive_int
+from . import kernels
+from .base import ODEPolicy, _positive_int, contiguous
 
 __all__ = ["NANODE"]
 
@@ -49,7 +51,13 @@ class NANODE(ODEPolicy):
         arg = 2 * np.pi * np.outer(t, np.arange(1, self.degree + 1)) / self.T
         return np.cos(arg), np.sin(arg)
 
-    def _prepare(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _flow_kernels(self, p: dict[str, np.ndarray]) -> np.ndarray:
+        cos, sin = self.basis()
+        return kernels.nanode_flow(
+            contiguous(p["A0"]), contiguous(p["A"]), contiguous(p["B"]), cos, sin
+        )
+
+    def _flow_torch(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         cos, sin = (torch.as_tensor(c, device=self.device) for c in self.basis())
         # Elementwise sums over k (not einsum, which may fold the batch into one GEMM whose
         # blocking depends on P) keep each row's result independent of the batch.
@@ -57,4 +65,4 @@ class NANODE(ODEPolicy):
         for k in range(self.degree):
             W = W + cos[None, :, k, None, None] * p["A"][:, None, k]
             W = W + sin[None, :, k, None, None] * p["B"][:, None, k]
-        return {"omega_in": p["omega_in"], "omega_out": p["omega_out"], "bias": p["bias"], "W": W}
+        return W

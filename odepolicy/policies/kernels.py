@@ -1,0 +1,550 @@
+"""Compiled per-row CPU kernels of every policy family (numba, float64).
+
+On CPU a policy's `prepare` and `step` are each one call into this module for the whole batch
+(DESIGN.md principle 6): at a batch of one, the ~100 small numpy or torch calls of a 25-step
+Euler loop cost more than the arithmetic. Each kernel loops over the rows of its batch and runs
+the same scalar code on every row, so a row's result does not depend on its batch, bit for bit:
+sums run in a fixed order, and nothing is compiled with fastmath (no reassociation, no fused
+multiply-add), so the vector lanes LLVM uses for elementwise loops round exactly as scalar code
+would.
+
+Mat-vecs on the per-step path take the matrix transposed (`At` = A^T, [cols, rows]): y = A x is
+then a sequence of axpy's y += x_j A[:, j] along contiguous memory, which vectorises across
+the rows of A while each y_r is still summed in the order j = 0, 1, ... (4.7x faster than
+dot products at h = 64). `prepare` stores the matrix flows transposed for this reason.
+
+The matrix flow of ODEtoODE ("Ode to an ODE" eq. 5-6) needs expm of the skew matrix
+eta b_psi(t, W); `expm_into` is scaling and squaring with the diagonal Pade approximant whose
+degree (3, 5, 7, 9 or 13) is sized to the 1-norm (Higham 2005, as in scipy.linalg.expm). A
+diagonal Pade approximant of a skew matrix is orthogonal (r(A) = q(A)^{-1} q(A)^T with q(A)
+commuting with its transpose), so W_i stays orthogonal to rounding error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "ACTIVATION_CODES",
+    "expm_into",
+    "iso_flow",
+    "gated_flow",
+    "nanode_flow",
+    "hypernet_flow",
+    "ode_step",
+    "base_ode_step",
+    "deepnet_step",
+    "deep_resnet_step",
+    "linear_step",
+]
+
+ACTIVATION_CODES = {"abs": 0, "tanh": 1, "relu": 2}
+
+# Pade coefficients b_0..b_m and the 1-norm bounds theta_m up to which degree m is accurate to
+# double precision without scaling (Higham 2005, Table 2.3).
+_PADE3 = np.array([120.0, 60.0, 12.0, 1.0])
+_PADE5 = np.array([30240.0, 15120.0, 3360.0, 420.0, 30.0, 1.0])
+_PADE7 = np.array([17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0])
+_PADE9 = np.array(
+    [
+        17643225600.0,
+        8821612800.0,
+        2075673600.0,
+        302702400.0,
+        30270240.0,
+        2162160.0,
+        110880.0,
+        3960.0,
+        90.0,
+        1.0,
+    ]
+)
+_PADE13 = np.array(
+    [
+        64764752532480000.0,
+        32382376266240000.0,
+        7771770303897600.0,
+        1187353796428800.0,
+        129060195264000.0,
+        10559470521600.0,
+        670442572800.0,
+        33522128640.0,
+        1323241920.0,
+        40840800.0,
+        960960.0,
+        16380.0,
+        182.0,
+        1.0,
+    ]
+)
+_THETA3 = 1.495585217958292e-2
+_THETA5 = 2.539398330063230e-1
+_THETA7 = 9.504178996162932e-1
+_THETA9 = 2.097847961257068e0
+_THETA13 = 5.371920351148152e0
+
+
+# -- small dense linear algebra ---------------------------------------------------------------
+@njit(cache=True)
+def _matvec_t(At, x, y):
+    """y = A x for At = A^T [c, r], summed in the order j = 0..c-1 (see module doc)."""
+    c, r = At.shape
+    for i in range(r):
+        y[i] = 0.0
+    for j in range(c):
+        xj = x[j]
+        for i in range(r):
+            y[i] += At[j, i] * xj
+
+
+@njit(cache=True)
+def _matvec(A, x, y):
+    """y = A x for A [r, c] by dot products (prepare-side, where A is not stored transposed)."""
+    r, c = A.shape
+    for i in range(r):
+        s = 0.0
+        for j in range(c):
+            s += A[i, j] * x[j]
+        y[i] = s
+
+
+@njit(cache=True)
+def _matmul(A, B, C):
+    """C = A B; each C[i, j] summed over k = 0, 1, ... (row-of-B axpy's, contiguous)."""
+    n, K = A.shape
+    m = B.shape[1]
+    for i in range(n):
+        for j in range(m):
+            C[i, j] = 0.0
+        for k in range(K):
+            a = A[i, k]
+            for j in range(m):
+                C[i, j] += a * B[k, j]
+
+
+@njit(cache=True)
+def _matmul_tn(A, B, C):
+    """C = A^T B; each C[i, j] summed over k = 0, 1, ..."""
+    K, n = A.shape
+    m = B.shape[1]
+    for i in range(n):
+        for j in range(m):
+            C[i, j] = 0.0
+    for k in range(K):
+        for i in range(n):
+            a = A[k, i]
+            for j in range(m):
+                C[i, j] += a * B[k, j]
+
+
+@njit(cache=True)
+def _copy_into(A, out):
+    """out = A. (Explicit loops: numba's array-to-slice assignment takes seconds to compile.)"""
+    n, m = A.shape
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = A[i, j]
+
+
+@njit(cache=True)
+def _transpose_into(A, out):
+    n, m = A.shape
+    for i in range(n):
+        for j in range(m):
+            out[j, i] = A[i, j]
+
+
+@njit(cache=True)
+def _solve_into(A, B):
+    """Solve A X = B by Gaussian elimination with partial pivoting; X overwrites B and A is
+    destroyed. Only used on Pade denominators q(A), which are well conditioned for the norms
+    `expm_into` lets through."""
+    n = A.shape[0]
+    m = B.shape[1]
+    for k in range(n):
+        piv = k
+        big = abs(A[k, k])
+        for i in range(k + 1, n):
+            if abs(A[i, k]) > big:
+                big = abs(A[i, k])
+                piv = i
+        if piv != k:
+            for j in range(n):
+                A[k, j], A[piv, j] = A[piv, j], A[k, j]
+            for j in range(m):
+                B[k, j], B[piv, j] = B[piv, j], B[k, j]
+        for i in range(k + 1, n):
+            l = A[i, k] / A[k, k]
+            for j in range(k + 1, n):
+                A[i, j] -= l * A[k, j]
+            for j in range(m):
+                B[i, j] -= l * B[k, j]
+    for k in range(n - 1, -1, -1):
+        d = A[k, k]
+        for j in range(m):
+            B[k, j] /= d
+        for i in range(k):
+            l = A[i, k]
+            for j in range(m):
+                B[i, j] -= l * B[k, j]
+
+
+@njit(cache=True)
+def _norm1(A):
+    n, m = A.shape
+    best = 0.0
+    for j in range(m):
+        s = 0.0
+        for i in range(n):
+            s += abs(A[i, j])
+        if s > best or s != s:  # NaN must propagate (expm_into then gives NaN)
+            best = s
+    return best
+
+
+@njit(cache=True)
+def _combine(c, powers, out):
+    """out = sum_k c[k] powers[k]. Coefficients come as a (strided) array, not as literal
+    offsets, so that numba compiles one specialisation instead of one per call site."""
+    n = out.shape[0]
+    for i in range(n):
+        for j in range(n):
+            s = 0.0
+            for k in range(c.shape[0]):
+                s += c[k] * powers[k, i, j]
+            out[i, j] = s
+
+
+@njit(cache=True)
+def expm_into(A, E, work):
+    """E = expm(A) for square A by scaling and squaring with a diagonal Pade approximant
+    (degree 3, 5, 7, 9 or 13 by the 1-norm of A; Higham 2005). `work` is scratch space of
+    shape [9, n, n]; A is not modified."""
+    n = A.shape[0]
+    powers = work[0:5]  # I, X^2, X^4, X^6, X^8 of the scaled X = A / 2^s
+    X, U, V, T = work[5], work[6], work[7], work[8]
+    nrm = _norm1(A)
+    if not np.isfinite(nrm):  # overflowed parameters: NaN out (the rollout drops the row)
+        E[:, :] = np.nan
+        return
+    s = 0
+    if nrm <= _THETA3:
+        b, m = _PADE3, 3
+    elif nrm <= _THETA5:
+        b, m = _PADE5, 5
+    elif nrm <= _THETA7:
+        b, m = _PADE7, 7
+    elif nrm <= _THETA9:
+        b, m = _PADE9, 9
+    else:
+        b, m = _PADE13, 13
+        if nrm > _THETA13:
+            s = int(np.ceil(np.log2(nrm / _THETA13)))
+    scale = 2.0 ** (-s)  # a power of two: scaling is exact
+    for i in range(n):
+        for j in range(n):
+            X[i, j] = A[i, j] * scale
+            powers[0, i, j] = 1.0 if i == j else 0.0
+    _matmul(X, X, powers[1])
+    if m == 13:
+        _matmul(powers[1], powers[1], powers[2])
+        _matmul(powers[2], powers[1], powers[3])
+        # U = X [X^6 (b13 X^6 + b11 X^4 + b9 X^2) + b7 X^6 + b5 X^4 + b3 X^2 + b1 I], V likewise
+        # with the even coefficients: 6 products instead of 12.
+        _combine(b[9::2], powers[1:4], T)
+        _matmul(powers[3], T, V)
+        _combine(b[1:9:2], powers[0:4], T)
+        for i in range(n):
+            for j in range(n):
+                T[i, j] += V[i, j]
+        _matmul(X, T, U)
+        _combine(b[8::2], powers[1:4], T)
+        _matmul(powers[3], T, V)
+        _combine(b[0:8:2], powers[0:4], T)
+        for i in range(n):
+            for j in range(n):
+                V[i, j] += T[i, j]
+    else:
+        count = (m + 1) // 2  # I, X^2, ..., X^(m-1)
+        for k in range(2, count):
+            _matmul(powers[k - 1], powers[1], powers[k])
+        _combine(b[1::2], powers[0:count], T)
+        _matmul(X, T, U)
+        _combine(b[0::2], powers[0:count], V)
+    # r(X) = (V - U)^{-1} (V + U), then square s times.
+    for i in range(n):
+        for j in range(n):
+            u, v = U[i, j], V[i, j]
+            T[i, j] = v - u
+            E[i, j] = v + u
+    _solve_into(T, E)
+    for _ in range(s):
+        _matmul(E, E, T)
+        _copy_into(T, E)
+
+
+@njit(cache=True)
+def _scratch(h):
+    return np.empty((9, h, h))
+
+
+# -- matrix flows (prepare) -------------------------------------------------------------------
+@njit(cache=True)
+def iso_flow(W0, Q, N, eta, n_steps):
+    """ISO-ODEtoODE: W_i = W_{i-1} expm(eta [M, Ns]), M = sym(W^T Qs W), Qs = sym(Q),
+    Ns = sym(N); returns W_1^T..W_N^T as [P, n_steps, h, h]."""
+    P, h = W0.shape[0], W0.shape[1]
+    out = np.empty((P, n_steps, h, h))
+    Qs, Ns = np.empty((h, h)), np.empty((h, h))
+    W, Wn = np.empty((h, h)), np.empty((h, h))
+    T, M, C = np.empty((h, h)), np.empty((h, h)), np.empty((h, h))
+    A, E = np.empty((h, h)), np.empty((h, h))
+    work = _scratch(h)
+    for p in range(P):
+        for i in range(h):
+            for j in range(h):
+                Qs[i, j] = 0.5 * (Q[p, i, j] + Q[p, j, i])
+                Ns[i, j] = 0.5 * (N[p, i, j] + N[p, j, i])
+                W[i, j] = W0[p, i, j]
+        for step in range(n_steps):
+            _matmul_tn(W, Qs, T)
+            _matmul(T, W, C)
+            for i in range(h):
+                for j in range(h):
+                    M[i, j] = 0.5 * (C[i, j] + C[j, i])
+            _matmul(M, Ns, C)
+            for i in range(h):
+                for j in range(h):
+                    A[i, j] = eta * (C[i, j] - C[j, i])
+            expm_into(A, E, work)
+            _matmul(W, E, Wn)
+            W, Wn = Wn, W
+            _transpose_into(W, out[p, step])
+    return out
+
+
+@njit(cache=True)
+def gated_flow(W0, a, U, V, eta, n_steps):
+    """Gated-ODEtoODE: W_i = W_{i-1} expm(eta sum_g a_g (F_g - F_g^T)), F_g = tanh(W U_g +
+    t V_g), t = (i - 1) eta; returns W_1^T..W_N^T as [P, n_steps, h, h]."""
+    P, h = W0.shape[0], W0.shape[1]
+    G = a.shape[1]
+    out = np.empty((P, n_steps, h, h))
+    W, Wn = np.empty((h, h)), np.empty((h, h))
+    F, B = np.empty((h, h)), np.empty((h, h))
+    A, E = np.empty((h, h)), np.empty((h, h))
+    work = _scratch(h)
+    for p in range(P):
+        _copy_into(W0[p], W)
+        for step in range(n_steps):
+            t = step * eta
+            B[:, :] = 0.0
+            for g in range(G):
+                _matmul(W, U[p, g], F)
+                for i in range(h):
+                    for j in range(h):
+                        F[i, j] = np.tanh(F[i, j] + t * V[p, g, i, j])
+                ag = a[p, g]
+                for i in range(h):
+                    for j in range(h):
+                        B[i, j] += ag * (F[i, j] - F[j, i])
+            for i in range(h):
+                for j in range(h):
+                    A[i, j] = eta * B[i, j]
+            expm_into(A, E, work)
+            _matmul(W, E, Wn)
+            W, Wn = Wn, W
+            _transpose_into(W, out[p, step])
+    return out
+
+
+@njit(cache=True)
+def nanode_flow(A0, A, B, cos, sin):
+    """NANODE: W_i = A0 + sum_k (cos[i, k] A_k + sin[i, k] B_k), returned transposed as
+    [P, N, h, h] for the N rows of the basis."""
+    P, h = A0.shape[0], A0.shape[1]
+    n_steps, degree = cos.shape
+    out = np.empty((P, n_steps, h, h))
+    for p in range(P):
+        for step in range(n_steps):
+            Wt = out[p, step]
+            for i in range(h):
+                for j in range(h):
+                    w = A0[p, i, j]
+                    for k in range(degree):
+                        w = w + cos[step, k] * A[p, k, i, j]
+                        w = w + sin[step, k] * B[p, k, i, j]
+                    Wt[j, i] = w
+    return out
+
+
+@njit(cache=True)
+def _mlp(w1, b1, w2, b2, w3, b3, x, z1, z2, y):
+    """y = w3 tanh(w2 tanh(w1 x + b1) + b2) + b3 (weights untransposed)."""
+    _matvec(w1, x, z1)
+    for i in range(z1.shape[0]):
+        z1[i] = np.tanh(z1[i] + b1[i])
+    _matvec(w2, z1, z2)
+    for i in range(z2.shape[0]):
+        z2[i] = np.tanh(z2[i] + b2[i])
+    _matvec(w3, z2, y)
+    for i in range(y.shape[0]):
+        y[i] += b3[i]
+
+
+@njit(cache=True)
+def hypernet_flow(w0, w1, b1, w2, b2, w3, b3, eta, n_steps):
+    """HyperNet: w_i = w_{i-1} + eta MLP(w_{i-1}) on the flattened h x h state; returns
+    W_1^T..W_N^T (W_i = w_i as h x h) as [P, n_steps, h, h]."""
+    P, h = w0.shape[0], w0.shape[1]
+    width = b1.shape[1]
+    out = np.empty((P, n_steps, h, h))
+    w = np.empty(h * h)
+    g = np.empty(h * h)
+    z1, z2 = np.empty(width), np.empty(width)
+    for p in range(P):
+        for i in range(h):
+            for j in range(h):
+                w[i * h + j] = w0[p, i, j]
+        for step in range(n_steps):
+            _mlp(w1[p], b1[p], w2[p], b2[p], w3[p], b3[p], w, z1, z2, g)
+            for k in range(h * h):
+                w[k] = w[k] + eta * g[k]
+            for i in range(h):
+                for j in range(h):
+                    out[p, step, j, i] = w[i * h + j]
+    return out
+
+
+# -- steps ------------------------------------------------------------------------------------
+@njit(cache=True)
+def _clip_row(a, low, high):
+    """np.clip(a, low, high) in place; NaN stays NaN (the rollout must see it)."""
+    for i in range(a.shape[0]):
+        if a[i] < low[i]:
+            a[i] = low[i]
+        if a[i] > high[i]:
+            a[i] = high[i]
+
+
+@njit(cache=True)
+def _activate(y, code):
+    """f(y) in place: 0 abs, 1 tanh, 2 relu (NaN stays NaN)."""
+    if code == 0:
+        for i in range(y.shape[0]):
+            y[i] = abs(y[i])
+    elif code == 1:
+        for i in range(y.shape[0]):
+            y[i] = np.tanh(y[i])
+    else:
+        for i in range(y.shape[0]):
+            if y[i] < 0.0:
+                y[i] = 0.0
+
+
+@njit(cache=True)
+def ode_step(omega_in_t, bias, W_t, omega_out_t, obs, eta, code, low, high):
+    """x_0 = Omega_in s, x_i = x_{i-1} + eta f(W_i x_{i-1} + b), a = clip(Omega_out x_N), for
+    the flow W_t [P, N, h, h] (transposed) of ODEtoODE, NANODE or HyperNet."""
+    P = obs.shape[0]
+    h = bias.shape[1]
+    out = np.empty((P, omega_out_t.shape[2]))
+    x, y = np.empty(h), np.empty(h)
+    for p in range(P):
+        _matvec_t(omega_in_t[p], obs[p], x)
+        for step in range(W_t.shape[1]):
+            _matvec_t(W_t[p, step], x, y)
+            for i in range(h):
+                y[i] += bias[p, i]
+            _activate(y, code)
+            for i in range(h):
+                x[i] += eta * y[i]
+        _matvec_t(omega_out_t[p], x, out[p])
+        _clip_row(out[p], low, high)
+    return out
+
+
+@njit(cache=True)
+def base_ode_step(
+    omega_in_t, omega_out_t, w1_t, b1, w2_t, b2, w3_t, b3, obs, eta, n_steps, low, high
+):
+    """BaseODE: x_i = x_{i-1} + eta MLP(x_{i-1}) (tanh MLP, weights transposed)."""
+    P = obs.shape[0]
+    h, width = b3.shape[1], b1.shape[1]
+    out = np.empty((P, omega_out_t.shape[2]))
+    x, g = np.empty(h), np.empty(h)
+    z1, z2 = np.empty(width), np.empty(width)
+    for p in range(P):
+        _matvec_t(omega_in_t[p], obs[p], x)
+        for _ in range(n_steps):
+            _matvec_t(w1_t[p], x, z1)
+            for i in range(width):
+                z1[i] = np.tanh(z1[i] + b1[p, i])
+            _matvec_t(w2_t[p], z1, z2)
+            for i in range(width):
+                z2[i] = np.tanh(z2[i] + b2[p, i])
+            _matvec_t(w3_t[p], z2, g)
+            for i in range(h):
+                x[i] = x[i] + eta * (g[i] + b3[p, i])
+        _matvec_t(omega_out_t[p], x, out[p])
+        _clip_row(out[p], low, high)
+    return out
+
+
+@njit(cache=True)
+def deepnet_step(w_in_t, b_in, W_t, b, w_out_t, b_out, obs, low, high):
+    """DeepNet: z_1 = tanh(W_in s + b_in), z_l = tanh(W_l z_{l-1} + b_l), a = W_out z_L + b_out."""
+    P = obs.shape[0]
+    h = b_in.shape[1]
+    out = np.empty((P, w_out_t.shape[2]))
+    z, y = np.empty(h), np.empty(h)
+    for p in range(P):
+        _matvec_t(w_in_t[p], obs[p], z)
+        for i in range(h):
+            z[i] = np.tanh(z[i] + b_in[p, i])
+        for l in range(W_t.shape[1]):
+            _matvec_t(W_t[p, l], z, y)
+            for i in range(h):
+                z[i] = np.tanh(y[i] + b[p, l, i])
+        a = out[p]
+        _matvec_t(w_out_t[p], z, a)
+        for i in range(a.shape[0]):
+            a[i] += b_out[p, i]
+        _clip_row(a, low, high)
+    return out
+
+
+@njit(cache=True)
+def deep_resnet_step(omega_in_t, W_t, b, omega_out_t, obs, code, low, high):
+    """DeepResNet: x_0 = Omega_in s, x_l = x_{l-1} + f(W_l x_{l-1} + b_l), a = Omega_out x_L."""
+    P = obs.shape[0]
+    h = b.shape[2]
+    out = np.empty((P, omega_out_t.shape[2]))
+    x, y = np.empty(h), np.empty(h)
+    for p in range(P):
+        _matvec_t(omega_in_t[p], obs[p], x)
+        for l in range(W_t.shape[1]):
+            _matvec_t(W_t[p, l], x, y)
+            for i in range(h):
+                y[i] += b[p, l, i]
+            _activate(y, code)
+            for i in range(h):
+                x[i] += y[i]
+        _matvec_t(omega_out_t[p], x, out[p])
+        _clip_row(out[p], low, high)
+    return out
+
+
+@njit(cache=True)
+def linear_step(M_t, c, obs, low, high):
+    """Linear: a = clip(M s + c)."""
+    P = obs.shape[0]
+    out = np.empty((P, c.shape[1]))
+    for p in range(P):
+        a = out[p]
+        _matvec_t(M_t[p], obs[p], a)
+        for i in range(a.shape[0]):
+            a[i] += c[p, i]
+        _clip_row(a, low, high)
+    return out

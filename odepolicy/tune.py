@@ -1,0 +1,275 @@
+"""`odepolicy tune`: hyperparameter search with Optuna, as rl-zoo3 does it.
+
+    odepolicy tune CONFIG --trials N --budget ENV_STEPS [--space SPACE.yaml] [--out DIR]
+
+The study lives in `OUT/study.sqlite3`, so running the same command again continues it (the
+trials already there count towards N). Each trial is an ordinary run folder `OUT/trial_NNNN`
+trained from CONFIG with the sampled settings and `max_env_steps = budget`; it reports its
+centre-policy evaluations to Optuna at tenths of the budget and is pruned there by a median
+pruner when it trails the others. A trial's value is the mean of its last three evaluation
+returns (one lucky evaluation does not win). At the end the best trials are printed and the best
+config is written to `OUT/best.yaml`, ready for `odepolicy train`, with a header that states the
+procedure that found it.
+
+A search space is a YAML mapping from dotted config keys to distributions:
+
+    es.sigma: {type: float, low: 0.005, high: 0.1, log: true}
+    es.directions: {type: categorical, choices: [8, 16, 32]}
+    es.top_b: {type: int, low: 2, high: 16}
+
+Without `--space` the policy family's default space (`default_space`) is used. Every space is
+checked against the config schema before the study is opened, so a bad file changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from . import OdepolicyError
+from .config import Config, config_from_dict, dump_config, read_yaml, read_yaml_mapping
+from .loggers import Logger
+from .rundir import RunDir
+from .trainer import train
+
+__all__ = ["default_space", "load_space", "tune", "tune_command", "DISTRIBUTIONS"]
+
+DISTRIBUTIONS = ("float", "int", "categorical")
+STUDY_FILE = "study.sqlite3"
+STUDY_NAME = "odepolicy"
+REPORTS = 10  # the budget is reported to the pruner in tenths
+LAST_EVALS = 3
+
+# The default space is ARS's V2-t family (top-b shaping with reward-std scaling, SGD), which
+# benchmarks/learning.md found to learn far more per env step than the paper's settings; for
+# top-b our lr is 2 * sigma * ARS's step size, so lr's range covers ARS's published steps
+# (0.01-0.03) at sigma 0.01-0.1. Per-env knowledge (reward_shift for survival bonuses, the
+# horizon) belongs in the base config, not in the space.
+_COMMON = {
+    "es.sigma": {"type": "float", "low": 0.01, "high": 0.1, "log": True},
+    "es.lr": {"type": "float", "low": 2e-4, "high": 5e-3, "log": True},
+    "es.directions": {"type": "categorical", "choices": [8, 16, 32]},
+    "es.top_b": {"type": "categorical", "choices": [2, 4, 8]},
+}
+_SPACES = {
+    "linear": dict(_COMMON),
+    "ode": dict(_COMMON),
+    "deep": dict(_COMMON),
+}
+_FAMILY = {
+    "linear": "linear",
+    "iso_odetoode": "ode",
+    "gated_odetoode": "ode",
+    "base_ode": "ode",
+    "nanode": "ode",
+    "hypernet": "ode",
+    "deepnet": "deep",
+    "deep_resnet": "deep",
+}
+
+
+def default_space(policy: str) -> dict:
+    """The default search space of a policy's family (linear, ODE families, deep nets)."""
+    return {k: dict(v) for k, v in _SPACES[_FAMILY.get(policy, "deep")].items()}
+
+
+def _check_space(space: dict, base: dict, where: str) -> dict:
+    """Each entry well formed, and every value it can take accepted by the config schema."""
+    if not space:
+        raise OdepolicyError(f"{where}: the search space is empty")
+    for key, dist in space.items():
+        if not isinstance(key, str) or not isinstance(dist, dict):
+            raise OdepolicyError(f"{where}: {key!r} must map a config key to a distribution")
+        kind = dist.get("type")
+        if kind not in DISTRIBUTIONS:
+            raise OdepolicyError(
+                f"{where}: {key}: type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}"
+            )
+        allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log"}
+        extra = set(dist) - allowed
+        if extra:
+            raise OdepolicyError(f"{where}: {key}: unknown field(s) {', '.join(sorted(extra))}")
+        if kind == "categorical":
+            values = dist.get("choices")
+            if not isinstance(values, list) or not values:
+                raise OdepolicyError(f"{where}: {key}: choices must be a non-empty list")
+        else:
+            low, high = dist.get("low"), dist.get("high")
+            numeric = (int,) if kind == "int" else (int, float)
+            if not all(isinstance(v, numeric) and not isinstance(v, bool) for v in (low, high)):
+                raise OdepolicyError(f"{where}: {key}: low and high must be {kind} numbers")
+            if not low < high or (dist.get("log") and low <= 0):
+                raise OdepolicyError(f"{where}: {key}: need 0 < low < high (log) or low < high")
+            values = [low, high]
+        for value in values:
+            try:
+                config_from_dict(base, [f"{key}={_yaml(value)}"])
+            except OdepolicyError as exc:
+                raise OdepolicyError(f"{where}: {key}={value!r}: {exc}") from None
+    return space
+
+
+def _yaml(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_space(path: str | Path | None, base: dict, policy: str) -> dict:
+    if path is None:
+        return _check_space(default_space(policy), base, f"default space of {policy}")
+    data = read_yaml_mapping(path, "search space file", "config keys -> distributions")
+    return _check_space(data, base, f"search space file {path}")
+
+
+def _suggest(trial, space: dict) -> list[str]:
+    sets = []
+    for key, dist in space.items():
+        if dist["type"] == "categorical":
+            value = trial.suggest_categorical(key, dist["choices"])
+        elif dist["type"] == "int":
+            value = trial.suggest_int(key, dist["low"], dist["high"], log=bool(dist.get("log")))
+        else:
+            value = trial.suggest_float(key, dist["low"], dist["high"], log=bool(dist.get("log")))
+        sets.append(f"{key}={_yaml(value)}")
+    return sets
+
+
+class _PruningLogger(Logger):
+    """Reports the latest evaluation at each tenth of the budget; raises when pruned."""
+
+    def __init__(self, trial, budget: int):
+        self.trial, self.budget = trial, budget
+        self.reported = 0
+        self.evals: list[float] = []
+
+    def log(self, row: dict) -> None:
+        import optuna
+
+        value = row.get("eval_return_mean", math.nan)
+        if not math.isnan(value):
+            self.evals.append(float(value))
+        tenth = min(REPORTS, int(REPORTS * row["env_steps"] / self.budget))
+        if tenth > self.reported and self.evals:
+            self.reported = tenth
+            self.trial.report(self.evals[-1], tenth)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at {tenth}/{REPORTS} of the budget")
+
+
+def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str]):
+    def objective(trial) -> float:
+        sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}", "iterations=1000000000"]
+        config = config_from_dict(base, sets)
+        trial.set_user_attr("overrides", sets)
+        name = f"trial_{trial.number:04d}"
+        logger = _PruningLogger(trial, budget)
+        train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
+        evals = [float(r["eval_return_mean"]) for r in _eval_rows(out / name)]
+        if not evals:
+            raise OdepolicyError(f"trial {trial.number} logged no evaluation")
+        return float(sum(evals[-LAST_EVALS:]) / len(evals[-LAST_EVALS:]))
+
+    return objective
+
+
+def _eval_rows(run: Path) -> list[dict]:
+    return [r for r in RunDir(run).read_progress() if r["eval_return_mean"] not in ("", None)]
+
+
+def _header(command: str, budget: int, config: Config, space: dict, best, trials: int) -> str:
+    lines = [
+        f"Found by `{command}`:",
+        "Optuna TPE over the space below, median pruning at tenths of the budget, each trial",
+        f"one run with seed {config.seed} of {budget:,} env steps, scored by the mean of its "
+        f"last {LAST_EVALS} evaluations.",
+        f"Best of {trials} trials: trial {best.number}, score {best.value:.2f}.",
+        "Space:",
+        *(f"  {k}: {_yaml(v)}" for k, v in space.items()),
+    ]
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def tune(
+    config_path: str | Path,
+    trials: int,
+    budget: int,
+    out: str | Path | None = None,
+    space_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    sampler_seed: int = 0,
+    quiet: bool = False,
+) -> dict:
+    import optuna
+
+    if trials < 1 or budget < 1:
+        raise OdepolicyError("--trials and --budget must be positive")
+    base = read_yaml(config_path)
+    config: Config = config_from_dict(base, overrides)  # the base config must be valid itself
+    space = load_space(space_path, base, config.policy.name)
+    out = Path(out or Path("runs") / "tune" / Path(config_path).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=f"sqlite:///{out / STUDY_FILE}",
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
+    )
+    done = [t for t in study.trials if t.state.is_finished()]
+    todo = max(0, trials - len(done))
+    if not quiet:
+        print(f"[tune] {out / STUDY_FILE}: {len(done)} trials done, {todo} to run", flush=True)
+    objective = _objective(base, space, budget, out, list(overrides or []))
+    callbacks = [] if quiet else [_print_trial]
+    if todo:
+        study.optimize(objective, n_trials=todo, callbacks=callbacks, catch=(OdepolicyError,))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise OdepolicyError(f"no trial of the study in {out} completed")
+    best = study.best_trial
+    best_config = config_from_dict(base, best.user_attrs["overrides"])
+    # The trial ran until its env-step budget; say how many iterations that took.
+    counters = RunDir(out / f"trial_{best.number:04d}").checkpoint_counters() or {}
+    best_config.iterations = max(1, int(counters.get("iteration", config.iterations)))
+    command = f"odepolicy tune {config_path} --trials {trials} --budget {budget}"
+    command += f" --space {space_path}" if space_path else ""
+    command += "".join(f" --set {o}" for o in overrides or [])
+    text = _header(command, budget, config, space, best, len(study.trials))
+    (out / "best.yaml").write_text(text + dump_config(best_config))
+    ranked = sorted(complete, key=lambda t: t.value, reverse=True)
+    return {"out": str(out), "best": best, "ranked": ranked, "trials": len(study.trials)}
+
+
+def _print_trial(study, trial) -> None:
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        what = f"score {trial.value:.2f}"
+    else:
+        last = max(trial.intermediate_values, default=None)
+        what = f"at {last}/{REPORTS} of the budget" if last is not None else ""
+    print(f"[tune] trial {trial.number}: {trial.state.name.lower()} {what}".rstrip(), flush=True)
+
+
+def tune_command(args) -> int:
+    result = tune(
+        args.config,
+        args.trials,
+        args.budget,
+        args.out,
+        args.space,
+        args.overrides,
+        args.sampler_seed,
+        args.quiet,
+    )
+    print(f"{result['trials']} trials in {result['out']}; best:")
+    for t in result["ranked"][:5]:
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
+        )
+        print(f"  trial {t.number:4d}  score {t.value:10.2f}  {params}")
+    print(f"best config written to {Path(result['out']) / 'best.yaml'}")
+    return 0

@@ -1,0 +1,92 @@
+"""`odepolicy tune`: a real Optuna study in SQLite over real (tiny) training runs."""
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from odepolicy import OdepolicyError
+from odepolicy.cli import main
+from odepolicy.config import load_config
+from odepolicy.rundir import RunDir
+from odepolicy.tune import default_space, load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "experiments" / "tune" / "InvertedPendulum-v5.yaml"
+TINY = ["horizon=40", "eval_episodes=1", "eval_every=1", "policy.name=linear"]
+
+
+def _sets():
+    return [arg for s in TINY for arg in ("--set", s)]
+
+
+def _trials(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["tune", str(BASE), "--budget", "600", "--out", str(out), *_sets()]
+    assert main([*args, "--trials", "3"]) == 0
+    db = out / "study.sqlite3"
+    assert len(_trials(db)) == 3
+    for n in range(3):
+        run = RunDir(out / f"trial_{n:04d}")
+        if run.is_run():  # every finished or pruned trial is an ordinary run folder
+            assert run.read_config().max_env_steps == 600
+    best = out / "best.yaml"
+    text = best.read_text()
+    assert text.startswith("# Found by `odepolicy tune")
+    config = load_config(best)  # ready to train
+    assert config.env == "InvertedPendulum-v5" and config.policy.name == "linear"
+    data = yaml.safe_load(text)
+    assert set(default_space("linear")) <= {f"es.{k}" for k in data["es"]}
+    printed = capsys.readouterr().out
+    assert "best config written to" in printed
+    # Running it again continues the same study.
+    assert main([*args, "--trials", "5"]) == 0
+    assert [n for n, _ in _trials(db)] == [0, 1, 2, 3, 4]
+    assert "3 trials done, 2 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("es.sigma: {type: float, low: 0.1, high: 0.01}\n", "low < high"),
+        ("es.sigmaa: {type: float, low: 0.01, high: 0.1}\n", "es.sigmaa"),
+        ("es.lr: {type: gaussian}\n", "type must be one of"),
+        ("es.shaping: {type: categorical, choices: [topb, bogus]}\n", "es.shaping"),
+        ("es.sigma: [0.1\n", "malformed YAML"),
+    ],
+)
+def test_bad_space_is_exit_2_and_leaves_the_study_intact(tmp_path, capsys, space, message):
+    out = tmp_path / "study"
+    good = ["tune", str(BASE), "--budget", "300", "--out", str(out), *_sets()]
+    assert main([*good, "--trials", "1"]) == 0
+    db = out / "study.sqlite3"
+    before = _digest(db)
+    bad = tmp_path / "space.yaml"
+    bad.write_text(space)
+    capsys.readouterr()
+    assert main([*good, "--trials", "2", "--space", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert _digest(db) == before and len(_trials(db)) == 1
+
+
+def test_default_spaces_are_valid_for_every_policy():
+    from odepolicy.config import read_yaml
+    from odepolicy.policies import POLICIES
+
+    base = read_yaml(BASE)
+    for name in POLICIES:
+        assert load_space(None, base, name)
+    with pytest.raises(OdepolicyError):
+        load_space(None, {**base, "es": {"shaping": "nope"}}, "linear")
