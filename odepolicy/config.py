@@ -56,6 +56,7 @@ class Config:
     horizon: int = 1000  # steps per episode (the env's own limit also applies)
     iterations: int = 100
     max_env_steps: int | None = None  # stop when this many training env steps are used
+    target_return: float | None = None  # stop after an evaluation whose mean reaches this
     eval_every: int = 5  # evaluate the centre policy every k iterations (and at the end)
     eval_episodes: int = 5
     checkpoint_every: int = 10

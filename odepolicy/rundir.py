@@ -6,7 +6,8 @@
     RUN/meta.json            library versions, command line, host, start time (and extras)
 
 A run folder is `empty` (no checkpoint yet), `resumable` (a checkpoint short of the config's
-budget) or `finished` (the checkpoint reached `iterations` or `max_env_steps`). The trainer,
+budget) or `finished` (the checkpoint reached `iterations` or `max_env_steps`, or its last
+evaluation reached `target_return`). The trainer,
 the sweep, the tuner and the plots all go through `RunDir`, so the format lives here only.
 """
 
@@ -275,8 +276,11 @@ class RunDir:
         if counters is None:
             return "empty"
         cfg = config or self.read_config()
-        if counters["iteration"] >= cfg.iterations or (
-            cfg.max_env_steps is not None and int(counters.get("env_steps", 0)) >= cfg.max_env_steps
+        steps = int(counters.get("env_steps", 0))
+        if (
+            counters["iteration"] >= cfg.iterations
+            or (cfg.max_env_steps is not None and steps >= cfg.max_env_steps)
+            or (cfg.target_return is not None and counters.get("target_reached", False))
         ):
             return "finished"
         return "resumable"

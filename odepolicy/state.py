@@ -58,6 +58,7 @@ class Counters:
     episodes: int = 0
     wall_seconds: float = 0.0
     failed_total: int = 0
+    target_reached: bool = False  # the last evaluation reached config.target_return
 
 
 @dataclass

@@ -115,8 +115,10 @@ class Trainer:
 
     def done(self) -> bool:
         cfg, c = self.config, self.counters
-        return c.iteration >= cfg.iterations or (
-            cfg.max_env_steps is not None and c.env_steps >= cfg.max_env_steps
+        return (
+            c.iteration >= cfg.iterations
+            or (cfg.max_env_steps is not None and c.env_steps >= cfg.max_env_steps)
+            or (cfg.target_return is not None and c.target_reached)
         )
 
     def train(self) -> dict:
@@ -138,6 +140,10 @@ class Trainer:
                 if it % cfg.eval_every == 0 or self.done():
                     rets = self.evaluate_center()
                     self.last_eval = (float(np.mean(rets)), float(np.std(rets)))
+                    target = cfg.target_return
+                    self.counters.target_reached = (
+                        target is not None and self.last_eval[0] >= target
+                    )
                     row.update(
                         eval_return_mean=self.last_eval[0], eval_return_std=self.last_eval[1]
                     )

@@ -11,8 +11,10 @@ from odepolicy.policies.sizing import count_params
 from odepolicy.trainer import train
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(
-    p for p in EXPERIMENTS.rglob("*.yaml") if "configs" not in yaml.safe_load(p.read_text())
+CONFIGS = sorted(  # every run config: sweep files (configs:) and search spaces are not
+    p
+    for p in EXPERIMENTS.rglob("*.yaml")
+    if "configs" not in yaml.safe_load(p.read_text()) and "spaces" not in p.parts
 )
 TINY = [
     "iterations=1",

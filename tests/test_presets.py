@@ -1,0 +1,68 @@
+"""Presets: every shipped preset names a real (env, policy) pair and trains; `train --env
+--policy` starts from the preset or says it falls back; `target_return` ends a run early."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from odepolicy.cli import main
+from odepolicy.config import find_preset, load_config
+from odepolicy.policies import POLICIES
+from odepolicy.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "experiments" / "presets").glob("*/*.yaml"))
+TINY = ["iterations=1", "es.directions=1", "horizon=3", "eval_episodes=1", "max_env_steps=null"]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_preset_matches_its_place_and_states_its_procedure(path):
+    config = load_config(path)
+    assert config.env == path.parent.name and config.policy.name == path.stem
+    assert config.policy.name in POLICIES
+    assert path.read_text().startswith("# Found by `odepolicy tune ")
+    assert config.seed == 0  # tuned on seed 0 only
+    assert find_preset(config.env, config.policy.name).resolve() == path.resolve()
+
+
+def test_train_env_policy_starts_from_the_preset(tmp_path, capsys):
+    path = PRESETS[0]
+    env, policy = path.parent.name, path.stem
+    sets = [a for s in TINY for a in ("--set", s)]
+    args = ["train", "--env", env, "--policy", policy, "--out", str(tmp_path), "--name", "p"]
+    assert main([*args, *sets, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "starting from preset" in err and f"presets/{env}/{policy}.yaml" in err
+    saved = yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())
+    preset = yaml.safe_load(path.read_text())
+    assert saved["es"]["sigma"] == preset["es"]["sigma"] and saved["es"]["directions"] == 1
+
+
+def test_train_env_policy_without_preset_falls_back_to_defaults(tmp_path, capsys):
+    sets = [a for s in TINY for a in ("--set", s)]
+    args = ["train", "--env", "Reacher-v5", "--policy", "deepnet", "--out", str(tmp_path)]
+    assert main([*args, "--name", "d", *sets, "--quiet"]) == 0
+    assert "no preset for Reacher-v5 with deepnet; using the library defaults" in (
+        capsys.readouterr().err
+    )
+    config = RunDir(tmp_path / "d").read_config()
+    assert config.env == "Reacher-v5" and config.policy.name == "deepnet"
+    assert config.es.sigma == 0.1  # the library default
+
+
+def test_train_needs_a_config_or_a_pair(capsys):
+    assert main(["train", "--env", "Hopper-v5"]) == 2
+    assert "--env and --policy" in capsys.readouterr().err
+
+
+def test_target_return_ends_the_run_and_marks_it_finished(tmp_path):
+    from odepolicy.trainer import train
+
+    sets = ["horizon=20", "eval_every=1", "eval_episodes=1", "iterations=50", "target_return=5"]
+    config = load_config(ROOT / "experiments" / "inverted_pendulum.yaml", sets)
+    summary = train(config, tmp_path, "t", show_progress=False)
+    assert summary["eval_return_mean"] >= 5 and summary["iteration"] < 50
+    run = RunDir(tmp_path / "t")
+    assert run.status(config) == "finished"
+    assert run.status(load_config(run.config_file, ["target_return=null"])) == "resumable"
