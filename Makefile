@@ -27,8 +27,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check odepolicy tests benchmarks
 
 demo: $(STAMP)
-	$(VENV)/bin/odepolicy train experiments/demo_swimmer.yaml --out runs --name demo --overwrite
-	$(VENV)/bin/odepolicy evaluate runs/demo --episodes 5
+	rm -rf runs/demo
+	$(VENV)/bin/odepolicy sweep experiments/demo.yaml
+	$(VENV)/bin/odepolicy evaluate runs/demo/presets-HalfCheetah-v5-linear_s0 --episodes 5 --quiet
+	$(VENV)/bin/odepolicy evaluate runs/demo/presets-HalfCheetah-v5-iso_odetoode_s0 --episodes 5 --quiet
 	$(VENV)/bin/odepolicy plot runs/demo --out runs/demo/reward_curve.png
 	@echo "reward curve written to runs/demo/reward_curve.png"
 

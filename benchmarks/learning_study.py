@@ -59,6 +59,43 @@ def saturation(run_dir: Path, episodes: int = 1) -> float:
     return hits / max(total, 1)
 
 
+def gradient_scale(env_id: str, policy_name: str, sigma: float, directions: int = 16) -> dict:
+    """Norm of one iteration's ES gradient estimate at the initial point, per shaping.
+
+    The update is lr * |g| (SGD), so this is the factor between `lr` and the step length; it
+    depends on the shaping (ranks in [-0.5, 0.5] vs. returns scaled by their std) and on sigma.
+    """
+    from odepolicy.envs import env_spec
+    from odepolicy.es import ESSettings, RiemannianES
+    from odepolicy.policies import policy_for_env
+    from odepolicy.rollout import RolloutTask, RolloutWorker
+
+    spec = env_spec(env_id)
+    policy = policy_for_env(spec, {"name": policy_name})
+    theta = policy.init(np.random.default_rng(0))
+    worker = RolloutWorker(env_id, {"name": policy_name}, policy=policy)
+    es = RiemannianES(policy.layout, theta, ESSettings(sigma=sigma, directions=directions), 0)
+    noise = es.ask()
+    results = worker.run(RolloutTask(theta, 1000, noise), range(noise.population))
+    returns = np.array([r.ret for r in results])
+    worker.close()
+    out = {"theta_norm": float(np.linalg.norm(theta))}
+    for shaping in ("centered_ranks", "zscore", "topb"):
+        es.settings.shaping, es.settings.top_b = shaping, max(1, directions // 2)
+        grad, _ = es.gradient(noise, returns)
+        out[shaping] = float(np.linalg.norm(grad))
+    return out
+
+
+def block_scales(policy_name: str, obs_dim: int = 17, act_dim: int = 6) -> dict:
+    """RMS entry of each parameter block at initialisation (what sigma perturbs)."""
+    from odepolicy.policies import make_policy
+
+    policy = make_policy(policy_name, obs_dim, act_dim)
+    parts = policy.layout.unflatten(policy.init(np.random.default_rng(0)))
+    return {name: float(np.sqrt(np.mean(block**2))) for name, block in parts.items()}
+
+
 def main(argv=None) -> int:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -67,7 +104,16 @@ def main(argv=None) -> int:
     parser.add_argument("root", help="folder of <env>/<policy>/study.sqlite3")
     parser.add_argument("--out", default="benchmarks/learning_study.png")
     parser.add_argument("--saturation", action="store_true", help="also measure saturation")
+    parser.add_argument(
+        "--scales", action="store_true", help="also print gradient and block scales"
+    )
     args = parser.parse_args(argv)
+    if args.scales:
+        for name in ("linear", "iso_odetoode"):
+            print(f"block RMS at init, {name} (HalfCheetah sizes): {block_scales(name)}")
+            for sigma in (0.1, 0.03):
+                g = gradient_scale("HalfCheetah-v5", name, sigma)
+                print(f"|grad| at init, HalfCheetah-v5, {name}, sigma {sigma}: {g}")
     studies = load_studies(Path(args.root))
     envs = sorted({env for env, _ in studies})
     fig = Figure(figsize=(16, 3.2 * len(envs)), layout="constrained")
