@@ -50,8 +50,9 @@ def report(runs: Path) -> str:
     from odepolicy.rundir import RunDir
 
     lines = [
-        "| task | policy | seed | env steps to threshold | episodes | last eval | env steps run |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| task | policy | seed | env steps to threshold | episodes | last eval | env steps run "
+        "| run |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     verdicts = []
     folders = sorted(p for p in runs.glob("*") if RunDir(p).has_progress())
@@ -64,13 +65,15 @@ def report(runs: Path) -> str:
                 if (env, name) != (task, policy):
                     continue
                 hit, last, end = _first_crossing(folder, threshold)
+                status = RunDir(folder).status()
                 ok = hit is not None and hit[0] <= budget
                 passed += ok
-                steps = f"{hit[0]:,}" if hit else "not reached"
+                steps = f"{hit[0]:,}" if hit else ("not reached" if status == "finished" else "-")
                 episodes = f"{hit[1]:,}" if hit else ""
                 last_text = "" if last is None else f"{last:.0f}"
                 lines.append(
-                    f"| {task} | {policy} | {seed} | {steps} | {episodes} | {last_text} | {end:,} |"
+                    f"| {task} | {policy} | {seed} | {steps} | {episodes} | {last_text} "
+                    f"| {end:,} | {status} |"
                 )
             verdicts.append(
                 f"{task} {policy}: {passed} seed(s) passed {threshold:.0f} within "

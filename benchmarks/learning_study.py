@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 KEYS = ("es.sigma", "es.lr", "es.directions", "es.top_b")
-COLOURS = {"linear": "#7f7f7f", "iso_odetoode": "#d62728"}
 
 
 def load_studies(root: Path) -> dict:
@@ -138,7 +137,9 @@ def main(argv=None) -> int:
             ax = axes[row][col]
             xs = [t.params[key] for t in done if key in t.params]
             ys = [t.value for t in done if key in t.params]
-            ax.scatter(xs, ys, color=COLOURS.get(policy, "C0"), label=policy, alpha=0.8)
+            from odepolicy.plotting import method_style
+
+            ax.scatter(xs, ys, color=method_style(policy)["color"], label=policy, alpha=0.8)
             if key in ("es.sigma", "es.lr"):
                 ax.set_xscale("log")
             ax.set_title(f"{env}: score vs {key}", fontsize="small")

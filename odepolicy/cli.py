@@ -108,6 +108,14 @@ def _add_evaluate(sub) -> None:
         "follows the agent, e.g. 'track')",
     )
     p.add_argument("--fps", type=int, default=30, help="video frames per second (default 30)")
+    p.add_argument(
+        "--video-every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="keep every K-th rendered frame (default 1: all); with --fps lowered by K the "
+        "video keeps real time in a smaller file",
+    )
     p.add_argument("--width", type=int, default=480, help="video width in pixels (default 480)")
     p.add_argument("--height", type=int, default=360, help="video height in pixels (default 360)")
     p.add_argument("--quiet", action="store_true", help="no progress bar while rendering")
@@ -281,6 +289,7 @@ def cmd_evaluate(args) -> int:
         video_episodes=args.video_episodes,
         camera=args.camera,
         fps=args.fps,
+        video_every=args.video_every,
         size=(args.width, args.height),
         show_progress=not args.quiet,
     )

@@ -99,6 +99,7 @@ class VideoSettings:
     fps: int = 30
     width: int = 480
     height: int = 360
+    every: int = 1  # keep every k-th frame (smaller files, e.g. a README GIF)
 
     def validate(self, evaluated: int) -> VideoSettings:
         suffix = self.path.suffix.lower()
@@ -111,6 +112,8 @@ class VideoSettings:
             )
         if self.fps < 1:
             raise OdepolicyError(f"--fps must be at least 1, got {self.fps}")
+        if self.every < 1:
+            raise OdepolicyError(f"--video-every must be at least 1, got {self.every}")
         if self.width < 16 or self.height < 16:
             raise OdepolicyError(f"video size {self.width}x{self.height} is too small (min 16)")
         if suffix == ".mp4" and (self.width % 2 or self.height % 2):
@@ -138,6 +141,7 @@ def evaluate_checkpoint(
     fps: int = 30,
     size: tuple[int, int] = (480, 360),
     show_progress: bool = False,
+    video_every: int = 1,
 ) -> dict:
     """Evaluate the centre policy of a checkpoint (file or run folder) over `episodes` seeded
     episodes, seeds `seed`, `seed + 1`, ...; optionally render the first `video_episodes` of
@@ -152,7 +156,9 @@ def evaluate_checkpoint(
     settings = None
     if video:
         width, height = size
-        settings = VideoSettings(Path(video), int(video_episodes), camera, int(fps), width, height)
+        settings = VideoSettings(
+            Path(video), int(video_episodes), camera, int(fps), width, height, int(video_every)
+        )
         settings.validate(episodes)
 
     def new_env():
@@ -441,17 +447,19 @@ def record_video(
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     renderer = _open_renderer(model, settings.width, settings.height)
     bar = tqdm(total=frames_expected, unit="frame", desc="rendering", disable=not show_progress)
-    returns, frames = [], 0
+    returns, frames, seen = [], 0, 0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = _open_writer(tmp, settings)
         try:
 
             def sink(frame: np.ndarray) -> None:
-                nonlocal frames
-                writer.append_data(frame)
-                frames += 1
+                nonlocal frames, seen
+                seen += 1
                 bar.update()
+                if (seen - 1) % settings.every == 0:
+                    writer.append_data(frame)
+                    frames += 1
 
             recorder = _RecordingEnv(env, renderer, camera, sink)
             for s in seeds:
