@@ -33,7 +33,7 @@ def _first_crossing(run_dir: Path, threshold: float):
     """(env_steps, episodes, last evaluation, env_steps at end) of a run folder."""
     from odepolicy.rundir import RunDir
 
-    rows = RunDir(run_dir).read_progress()
+    rows = RunDir(run_dir).progress.read()
     hit, last, end = None, None, 0
     for r in rows:
         end = int(r["env_steps"])

@@ -34,7 +34,7 @@ class ProgressCSVLogger(Logger):
         self.writer: ProgressWriter | None = None
 
     def start(self, trainer) -> None:
-        self.writer = self.run.progress_writer()
+        self.writer = self.run.progress.writer()
 
     def log(self, row: dict) -> None:
         self.writer.write(row)

@@ -193,7 +193,7 @@ def load_run(path) -> Run:
     run_dir = RunDir(path)
     task, method, seed = run_dir.identity()
     file = run_dir.progress_file
-    rows = run_dir.read_progress()
+    rows = run_dir.progress.read()
     its, steps, secs, rets = [], [], [], []
     last_it = last_steps = 0
     for i, row in enumerate(rows):

@@ -29,10 +29,12 @@ import numpy as np
 from . import OdepolicyError, __version__
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import Config, config_from_dict, dump_config, read_yaml
+from .state import budget_spent
 
 __all__ = [
     "RunDir",
     "ProgressWriter",
+    "ProgressFile",
     "PROGRESS_COLUMNS",
     "REQUIRED_COLUMNS",
     "STATUSES",
@@ -112,6 +114,61 @@ class ProgressWriter:
         self.close()
 
 
+class ProgressFile:
+    """progress.csv of a run: an appending writer, a validating reader, truncation on resume."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def writer(self) -> ProgressWriter:
+        return ProgressWriter(self.path)
+
+    # -- progress.csv ----------------------------------------------------------------------
+    def read(self) -> list[dict]:
+        """Rows of progress.csv as strings; OdepolicyError for a malformed file."""
+        file = self.path
+        try:
+            with open(file, newline="") as fh:
+                reader = csv.DictReader(fh)
+                header = reader.fieldnames
+                rows = list(reader)
+        except FileNotFoundError:
+            return []
+        except UnicodeDecodeError:
+            raise OdepolicyError(f"malformed {file}: not a text file") from None
+        except csv.Error as exc:
+            raise OdepolicyError(f"malformed {file}: {exc}") from None
+        if header is None:  # empty: the run died before its first row was flushed
+            return []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise OdepolicyError(f"malformed {file}: no column {', '.join(missing)}")
+        for i, row in enumerate(rows):
+            if None in row:  # more fields than the header
+                raise OdepolicyError(f"malformed {file}: line {i + 2} has extra fields")
+        return rows
+
+    def truncate(self, iteration: int) -> None:
+        """Drop rows logged after `iteration` (the checkpoint a run resumes from), so a resumed
+        run logs each iteration once."""
+        rows = self.read()
+        keep = [r for r in rows if int(r["iteration"]) <= iteration]
+        if len(keep) == len(rows):
+            return
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(keep)
+        os.replace(tmp, self.path)
+
+    def final_eval(self) -> float | None:
+        """The last logged centre-policy evaluation return, if any."""
+        values = [r.get("eval_return_mean") for r in self.read()]
+        values = [v for v in values if v not in (None, "")]
+        return float(values[-1]) if values else None
+
+
 class RunDir:
     """One run folder. Creating it never touches a folder that is not a run folder."""
 
@@ -132,6 +189,10 @@ class RunDir:
 
     def has_progress(self) -> bool:
         return self.is_run() and self.progress_file.is_file()
+
+    @property
+    def progress(self) -> ProgressFile:
+        return ProgressFile(self.progress_file)
 
     # -- creating and describing -----------------------------------------------------------
     def create(self, config: Config, overwrite: bool = False) -> RunDir:
@@ -203,54 +264,6 @@ class RunDir:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp, self.meta_file)
 
-    # -- progress.csv ----------------------------------------------------------------------
-    def progress_writer(self) -> ProgressWriter:
-        return ProgressWriter(self.progress_file)
-
-    def read_progress(self) -> list[dict]:
-        """Rows of progress.csv as strings; OdepolicyError for a malformed file."""
-        file = self.progress_file
-        try:
-            with open(file, newline="") as fh:
-                reader = csv.DictReader(fh)
-                header = reader.fieldnames
-                rows = list(reader)
-        except FileNotFoundError:
-            return []
-        except UnicodeDecodeError:
-            raise OdepolicyError(f"malformed {file}: not a text file") from None
-        except csv.Error as exc:
-            raise OdepolicyError(f"malformed {file}: {exc}") from None
-        if header is None:  # empty: the run died before its first row was flushed
-            return []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise OdepolicyError(f"malformed {file}: no column {', '.join(missing)}")
-        for i, row in enumerate(rows):
-            if None in row:  # more fields than the header
-                raise OdepolicyError(f"malformed {file}: line {i + 2} has extra fields")
-        return rows
-
-    def truncate_progress(self, iteration: int) -> None:
-        """Drop rows logged after `iteration` (the checkpoint a run resumes from), so a resumed
-        run logs each iteration once."""
-        rows = self.read_progress()
-        keep = [r for r in rows if int(r["iteration"]) <= iteration]
-        if len(keep) == len(rows):
-            return
-        tmp = self.progress_file.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(keep)
-        os.replace(tmp, self.progress_file)
-
-    def final_eval(self) -> float | None:
-        """The last logged centre-policy evaluation return, if any."""
-        values = [r.get("eval_return_mean") for r in self.read_progress()]
-        values = [v for v in values if v not in (None, "")]
-        return float(values[-1]) if values else None
-
     # -- checkpoints and status ------------------------------------------------------------
     def save_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict, periodic: bool) -> Path:
         """Write `latest.npz` (and `iter_NNNNNN.npz` when `periodic`) atomically."""
@@ -258,6 +271,14 @@ class RunDir:
         if periodic:
             save_checkpoint(self.periodic(meta["iteration"]), arrays, meta)
         return latest
+
+    def save_state(self, state, config: Config, env_spec) -> Path:
+        """Checkpoint a `state.TrainState` (periodic every `config.checkpoint_every`)."""
+        if not hasattr(self, "_versions"):
+            self._versions = library_versions()  # once per run, not per checkpoint
+        arrays, meta = state.to_checkpoint(config, env_spec, self._versions)
+        periodic = state.counters.iteration % config.checkpoint_every == 0
+        return self.save_checkpoint(arrays, meta, periodic)
 
     def read_latest(self) -> tuple[dict[str, np.ndarray], dict]:
         return read_checkpoint(self.latest)
@@ -275,12 +296,6 @@ class RunDir:
         counters = self.checkpoint_counters()
         if counters is None:
             return "empty"
-        cfg = config or self.read_config()
-        steps = int(counters.get("env_steps", 0))
-        if (
-            counters["iteration"] >= cfg.iterations
-            or (cfg.max_env_steps is not None and steps >= cfg.max_env_steps)
-            or (cfg.target_return is not None and counters.get("target_reached", False))
-        ):
+        if budget_spent(config or self.read_config(), counters):
             return "finished"
         return "resumable"

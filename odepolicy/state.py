@@ -19,7 +19,14 @@ from .es import RiemannianES
 from .normalizer import ObsNormalizer
 from .policies import Policy, make_policy
 
-__all__ = ["Counters", "TrainState", "policy_from_checkpoint", "eval_seed_base", "env_meta"]
+__all__ = [
+    "Counters",
+    "TrainState",
+    "policy_from_checkpoint",
+    "eval_seed_base",
+    "env_meta",
+    "budget_spent",
+]
 
 _ES, _NORM = "es.", "norm."
 # Checkpoints written before optimisers were objects kept Adam's moments as es.adam_*.
@@ -59,6 +66,17 @@ class Counters:
     wall_seconds: float = 0.0
     failed_total: int = 0
     target_reached: bool = False  # the last evaluation reached config.target_return
+
+
+def budget_spent(config, counters) -> bool:
+    """Whether a run with these counters (a Counters or its dict) has finished its config's
+    budget: `iterations`, `max_env_steps`, or an evaluation that reached `target_return`."""
+    c = counters if isinstance(counters, dict) else vars(counters)
+    return (
+        int(c.get("iteration", 0)) >= config.iterations
+        or (config.max_env_steps is not None and int(c.get("env_steps", 0)) >= config.max_env_steps)
+        or (config.target_return is not None and bool(c.get("target_reached", False)))
+    )
 
 
 @dataclass

@@ -343,7 +343,7 @@ def summarize(runs: list[SweepRun], out: Path) -> list[dict]:
         except OdepolicyError:
             counters = None
         try:
-            ret = run_dir.final_eval()
+            ret = run_dir.progress.final_eval()
         except OdepolicyError:
             ret = None
         rows.append(

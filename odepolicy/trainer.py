@@ -24,8 +24,8 @@ from .loggers import Logger, ProgressBarLogger, ProgressCSVLogger
 from .normalizer import ObsNormalizer, RunningStats
 from .policies import policy_for_env
 from .rollout import RolloutTask
-from .rundir import RunDir, library_versions, run_name
-from .state import TrainState, eval_seed_base
+from .rundir import RunDir, run_name
+from .state import TrainState, budget_spent, eval_seed_base
 
 __all__ = ["Trainer", "train", "resume"]
 
@@ -52,16 +52,13 @@ class Trainer:
         self.state = TrainState(es, normalizer)
         self.backend: Backend | None = None
         self.last_eval = (math.nan, math.nan)
-        self._versions = library_versions()
 
     counters = property(lambda self: self.state.counters)
     es = property(lambda self: self.state.es)
 
     def save(self) -> None:
         if self.run is not None:
-            arrays, meta = self.state.to_checkpoint(self.config, self.env_spec, self._versions)
-            periodic = self.counters.iteration % self.config.checkpoint_every == 0
-            self.run.save_checkpoint(arrays, meta, periodic)
+            self.run.save_state(self.state, self.config, self.env_spec)
 
     def open_backend(self) -> Backend:
         cfg = self.config
@@ -101,25 +98,13 @@ class Trainer:
             if not r.failed:
                 self.state.normalizer.merge(RunningStats.from_state(r.stats))
         info = self.es.tell(spec, returns, lengths)
-        elapsed = time.perf_counter() - t0
         c = self.counters
         c.iteration, c.env_steps = c.iteration + 1, c.env_steps + int(lengths.sum())
         c.episodes, c.failed_total = c.episodes + spec.population, c.failed_total + info["failed"]
-        finite = returns[np.isfinite(returns)]
-        return {
-            "failed": info["failed"],
-            "pert_return_mean": float(finite.mean()) if len(finite) else math.nan,
-            "pert_return_max": float(finite.max()) if len(finite) else math.nan,
-            "steps_per_second": float(lengths.sum() / max(elapsed, 1e-9)),
-        }
+        return _population_row(returns, lengths, info["failed"], time.perf_counter() - t0)
 
     def done(self) -> bool:
-        cfg, c = self.config, self.counters
-        return (
-            c.iteration >= cfg.iterations
-            or (cfg.max_env_steps is not None and c.env_steps >= cfg.max_env_steps)
-            or (cfg.target_return is not None and c.target_reached)
-        )
+        return budget_spent(self.config, self.counters)
 
     def train(self) -> dict:
         """Iterate until the budget is spent; log every iteration, checkpoint as configured."""
@@ -167,13 +152,21 @@ class Trainer:
         return self.summary()
 
     def summary(self) -> dict:
-        return {
-            "run_dir": str(self.run.path) if self.run is not None else None,
-            "iteration": self.counters.iteration,
-            "env_steps": self.counters.env_steps,
-            "eval_return_mean": self.last_eval[0],
-            "eval_return_std": self.last_eval[1],
-        }
+        run = None if self.run is None else str(self.run.path)
+        c, (mean, std) = self.counters, self.last_eval
+        return {"run_dir": run, "iteration": c.iteration, "env_steps": c.env_steps,
+                "eval_return_mean": mean, "eval_return_std": std}  # fmt: skip
+
+
+def _population_row(returns, lengths, failed: int, seconds: float) -> dict:
+    """The progress columns an iteration's population gives."""
+    finite = returns[np.isfinite(returns)]
+    return {
+        "failed": failed,
+        "pert_return_mean": float(finite.mean()) if len(finite) else math.nan,
+        "pert_return_max": float(finite.max()) if len(finite) else math.nan,
+        "steps_per_second": float(lengths.sum() / max(seconds, 1e-9)),
+    }
 
 
 def _loggers(run: RunDir, show_progress: bool, extra: list[Logger] | None) -> list[Logger]:
@@ -216,7 +209,7 @@ def resume(
     if meta["env"]["obs_dim"] != trainer.env_spec.obs_dim:
         raise OdepolicyError(f"checkpoint in {run.path} does not match env {config.env}")
     trainer.state.restore(arrays, meta)
-    run.truncate_progress(trainer.counters.iteration)
+    run.progress.truncate(trainer.counters.iteration)
     if overrides:
         run.write_config(config)
     run.write_meta(config, {"resumed_from_iteration": trainer.counters.iteration})

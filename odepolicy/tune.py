@@ -174,7 +174,7 @@ def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str]
 
 
 def _eval_rows(run: Path) -> list[dict]:
-    return [r for r in RunDir(run).read_progress() if r["eval_return_mean"] not in ("", None)]
+    return [r for r in RunDir(run).progress.read() if r["eval_return_mean"] not in ("", None)]
 
 
 def _header(command: str, budget: int, config: Config, space: dict, best, trials: int) -> str:

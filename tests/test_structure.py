@@ -98,14 +98,14 @@ def test_run_folder_status_and_truncation(tmp_path):
     assert run.status(config) == "empty" and not run.is_run()
     train(config, tmp_path, "r", show_progress=False)
     assert run.status(config) == "finished"
-    rows = run.read_progress()
+    rows = run.progress.read()
     assert [int(r["iteration"]) for r in rows] == [1, 2]
     assert list(rows[0]) == PROGRESS_COLUMNS
     bigger = load_config(DATA / "inverted_pendulum_paper.yaml", [*TINY, "iterations=4"])
     assert run.status(bigger) == "resumable"
     # Rows logged after the checkpoint a run resumes from are dropped, once.
-    run.truncate_progress(1)
-    assert [int(r["iteration"]) for r in run.read_progress()] == [1]
+    run.progress.truncate(1)
+    assert [int(r["iteration"]) for r in run.progress.read()] == [1]
     assert run.checkpoint_counters()["iteration"] == 2
 
 
