@@ -122,15 +122,16 @@ def main(argv=None) -> int:
         row = envs.index(env)
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
         print(f"\n## {env} {policy}: {len(study.trials)} trials, {len(done)} complete")
-        print("| trial | state | score | " + " | ".join(KEYS) + " |")
-        print("|---:|---|---:|" + "---:|" * len(KEYS))
+        cols = (*KEYS, "es.shaping")
+        print("| trial | state | score | " + " | ".join(cols) + " |")
+        print("|---:|---|---:|" + "---:|" * len(cols))
         for t in study.trials:
             score = "" if t.value is None or t.state.name != "COMPLETE" else f"{t.value:.1f}"
             cells = " | ".join(
                 f"{t.params.get(k, ''):.4g}"
                 if isinstance(t.params.get(k), float)
                 else str(t.params.get(k, ""))
-                for k in KEYS
+                for k in cols
             )
             print(f"| {t.number} | {t.state.name.lower()} | {score} | {cells} |")
         for col, key in enumerate(KEYS):

@@ -149,7 +149,8 @@ class _PruningLogger(Logger):
         value = row.get("eval_return_mean", math.nan)
         if not math.isnan(value):
             self.evals.append(float(value))
-        tenth = min(REPORTS, int(REPORTS * row["env_steps"] / self.budget))
+        # Tenths 1..9 only: a trial that spent its whole budget completes with its score.
+        tenth = min(REPORTS - 1, int(REPORTS * row["env_steps"] / self.budget))
         if tenth > self.reported and self.evals:
             self.reported = tenth
             self.trial.report(self.evals[-1], tenth)
@@ -218,7 +219,14 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
     )
-    done = [t for t in study.trials if t.state.is_finished()]
+    # A trial left RUNNING was interrupted (the process stopped): close it as failed so the
+    # study's counts stay true. One tune process per study folder is assumed.
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        if not quiet:
+            print(f"[tune] trial {t.number} was interrupted; marked failed", flush=True)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = [t for t in study.trials if t.state in counted]  # failed trials are replaced
     todo = max(0, trials - len(done))
     if not quiet:
         print(f"[tune] {out / STUDY_FILE}: {len(done)} trials done, {todo} to run", flush=True)
@@ -237,7 +245,8 @@ def tune(
     command = f"odepolicy tune {config_path} --trials {trials} --budget {budget}"
     command += f" --space {space_path}" if space_path else ""
     command += "".join(f" --set {o}" for o in overrides or [])
-    text = _header(command, budget, config, space, best, len(study.trials))
+    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    text = _header(command, budget, config, space, best, len(finished))
     (out / "best.yaml").write_text(text + dump_config(best_config))
     ranked = sorted(complete, key=lambda t: t.value, reverse=True)
     return {"out": str(out), "best": best, "ranked": ranked, "trials": len(study.trials)}
