@@ -83,6 +83,20 @@ def report(runs: Path) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"
 
 
+def collect(runs: Path, dest: Path) -> None:
+    import shutil
+
+    from odepolicy.rundir import RunDir
+
+    for folder in sorted(runs.glob("*")):
+        run = RunDir(folder)
+        if not run.has_progress() or run.status() != "finished":
+            continue
+        (dest / folder.name).mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "progress.csv", "meta.json"):
+            shutil.copy2(folder / name, dest / folder.name / name)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="store_true", help="train (resume) the sweep first")
@@ -90,6 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--address", help="Ray cluster address for the sweep")
     parser.add_argument("--report", help="also write the table to this markdown file")
+    parser.add_argument(
+        "--collect",
+        metavar="DIR",
+        help="copy each finished run's config.yaml, progress.csv and meta.json to DIR/<run>/ "
+        "(what results/ commits; no checkpoints)",
+    )
     args = parser.parse_args(argv)
     if args.run:
         cmd = [sys.executable, "-m", "odepolicy.cli", "sweep", str(SWEEP), "--out", args.runs]
@@ -97,6 +117,8 @@ def main(argv=None) -> int:
         if args.address:
             cmd += ["--address", args.address]
         subprocess.run(cmd, check=False)
+    if args.collect:
+        collect(Path(args.runs), Path(args.collect))
     text = report(Path(args.runs))
     print(text, end="")
     if args.report:
