@@ -384,77 +384,10 @@ class RayBackend(Backend):
     def evaluate(self, task: RolloutTask, indices: list[int]) -> list[PerturbationResult]:
         if self._closed:
             raise RuntimeError("RayBackend is closed")
-        ray = self._ray
         indices = sorted(int(k) for k in indices)
         if not indices:
             return []
-        task_ref = ray.put(task)
-        queue = self._chunks(indices)
-        results: dict[int, PerturbationResult] = {}
-        # object ref -> (slot, is_probe): a chunk's results, or a new actor's readiness probe
-        pending: dict = {}
-        for slot in self._slots:
-            if slot.ready_ref is not None:
-                pending[slot.ready_ref] = (slot, True)
-        restarts_left = max(3, 2 * self.workers)
-        last_error = "no rollout worker"
-        idle_since = time.monotonic()
-
-        def dispatch() -> None:
-            for slot in self._slots:
-                if queue and slot.ready_ref is None and slot.chunk is None:
-                    slot.chunk = queue.popleft()
-                    pending[slot.handle.run.remote(task_ref, slot.chunk)] = (slot, False)
-
-        def replace(slot: _Slot, error: str) -> None:
-            nonlocal restarts_left, last_error
-            last_error = error
-            if slot.chunk is not None:
-                queue.appendleft(slot.chunk)  # re-run elsewhere, exactly once
-                slot.chunk = None
-            try:
-                ray.kill(slot.handle, no_restart=True)
-            except Exception:  # already gone
-                pass
-            self._slots.remove(slot)
-            if restarts_left > 0:
-                restarts_left -= 1
-                new = self._start_actor()
-                self._slots.append(new)
-                pending[new.ready_ref] = (new, True)
-                self.counters["worker_restarts"] = self.counters.get("worker_restarts", 0) + 1
-
-        while len(results) < len(indices):
-            dispatch()
-            if not self._slots:
-                raise OdepolicyError(f"all Ray rollout workers are gone: {last_error}")
-            if not pending:  # pragma: no cover - every live slot is busy or starting
-                raise RuntimeError("Ray backend: work left but nothing in flight")
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
-            if not ready:
-                running = any(s.ready_ref is None for s in self._slots)
-                if not running and time.monotonic() - idle_since > self.startup_timeout:
-                    raise OdepolicyError(
-                        f"all Ray rollout workers are gone: no worker could be started in "
-                        f"{self.startup_timeout:.0f} s (last error: {last_error})"
-                    )
-                continue
-            slot, is_probe = pending.pop(ready[0])
-            try:
-                value = ray.get(ready[0])
-            except ray.exceptions.RayActorError as exc:
-                replace(slot, _why(exc))
-                continue
-            idle_since = time.monotonic()
-            if is_probe:
-                slot.pid, slot.ready_ref = int(value), None
-                continue
-            for r in value:
-                if r.index in results:  # pragma: no cover - would be a scheduling bug
-                    raise RuntimeError(f"perturbation {r.index} evaluated twice")
-                results[r.index] = _own(r)
-            slot.chunk = None
-        return [results[k] for k in indices]
+        return _Round(self, self._ray.put(task), indices).run()
 
     def close(self) -> None:
         if self._closed:
@@ -470,6 +403,83 @@ class RayBackend(Backend):
         self._slots = []
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
+
+
+class _Round:
+    """One call of `RayBackend.evaluate`: chunks handed to actors as they free up, a dead
+    actor's chunk queued again (exactly once) and the actor replaced, results kept by index."""
+
+    def __init__(self, backend: RayBackend, task_ref, indices: list[int]):
+        self.backend, self.ray, self.task_ref = backend, backend._ray, task_ref
+        self.indices = indices
+        self.queue = backend._chunks(indices)
+        self.results: dict[int, PerturbationResult] = {}
+        # object ref -> (slot, is_probe): a chunk's results, or a new actor's readiness probe
+        self.pending: dict = {
+            s.ready_ref: (s, True) for s in backend._slots if s.ready_ref is not None
+        }
+        self.restarts_left = max(3, 2 * backend.workers)
+        self.last_error = "no rollout worker"
+
+    def dispatch(self) -> None:
+        for slot in self.backend._slots:
+            if self.queue and slot.ready_ref is None and slot.chunk is None:
+                slot.chunk = self.queue.popleft()
+                ref = slot.handle.run.remote(self.task_ref, slot.chunk)
+                self.pending[ref] = (slot, False)
+
+    def replace(self, slot: _Slot, error: str) -> None:
+        backend = self.backend
+        self.last_error = error
+        if slot.chunk is not None:
+            self.queue.appendleft(slot.chunk)  # re-run elsewhere, exactly once
+            slot.chunk = None
+        try:
+            self.ray.kill(slot.handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+        backend._slots.remove(slot)
+        if self.restarts_left > 0:
+            self.restarts_left -= 1
+            new = backend._start_actor()
+            backend._slots.append(new)
+            self.pending[new.ready_ref] = (new, True)
+            backend.counters["worker_restarts"] = backend.counters.get("worker_restarts", 0) + 1
+
+    def run(self) -> list[PerturbationResult]:
+        ray, backend = self.ray, self.backend
+        idle_since = time.monotonic()
+        while len(self.results) < len(self.indices):
+            self.dispatch()
+            if not backend._slots:
+                raise OdepolicyError(f"all Ray rollout workers are gone: {self.last_error}")
+            if not self.pending:  # pragma: no cover - every live slot is busy or starting
+                raise RuntimeError("Ray backend: work left but nothing in flight")
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=5.0)
+            if not ready:
+                running = any(s.ready_ref is None for s in backend._slots)
+                if not running and time.monotonic() - idle_since > backend.startup_timeout:
+                    raise OdepolicyError(
+                        f"all Ray rollout workers are gone: no worker could be started in "
+                        f"{backend.startup_timeout:.0f} s (last error: {self.last_error})"
+                    )
+                continue
+            slot, is_probe = self.pending.pop(ready[0])
+            try:
+                value = ray.get(ready[0])
+            except ray.exceptions.RayActorError as exc:
+                self.replace(slot, _why(exc))
+                continue
+            idle_since = time.monotonic()
+            if is_probe:
+                slot.pid, slot.ready_ref = int(value), None
+                continue
+            for r in value:
+                if r.index in self.results:  # pragma: no cover - would be a scheduling bug
+                    raise RuntimeError(f"perturbation {r.index} evaluated twice")
+                self.results[r.index] = _own(r)
+            slot.chunk = None
+        return [self.results[k] for k in self.indices]
 
 
 def _own(r: PerturbationResult) -> PerturbationResult:
