@@ -31,7 +31,15 @@ from .. import OdepolicyError
 from ..params import ParamLayout
 from . import kernels
 
-__all__ = ["Policy", "ODEPolicy", "ACTIVATIONS", "BACKENDS", "matvec", "resolve_device"]
+__all__ = [
+    "Policy",
+    "ODEPolicy",
+    "ACTIVATIONS",
+    "BACKENDS",
+    "matvec",
+    "resolve_device",
+    "select_rows",
+]
 
 BACKENDS = ("kernels", "torch")
 
@@ -120,6 +128,43 @@ def _positive_float(policy: str, key: str, value: Any) -> float:
     return v
 
 
+def select_rows(
+    prepared: dict[str, np.ndarray | torch.Tensor], idx
+) -> dict[str, np.ndarray | torch.Tensor]:
+    """Keep rows `idx` (integer array) of every prepared array or tensor."""
+    idx = np.asarray(idx, dtype=np.int64)
+    out = {}
+    for k, v in prepared.items():
+        if isinstance(v, np.ndarray):
+            out[k] = v[idx]
+        else:
+            out[k] = v[torch.as_tensor(idx, device=v.device)]
+    return out
+
+
+def _action_bound(bound, act_dim: int) -> np.ndarray | None:
+    if bound is None:
+        return None
+    b = np.asarray(bound, dtype=np.float64)
+    try:
+        return np.broadcast_to(b, (act_dim,)).copy()
+    except ValueError:
+        raise OdepolicyError(
+            f"action bound of shape {b.shape} does not match act_dim {act_dim}"
+        ) from None
+
+
+def _torch_step(policy, prepared: dict[str, torch.Tensor], obs: np.ndarray) -> np.ndarray:
+    """The torch backend's step: tensors on the policy's device, numpy actions, clipped."""
+    s = torch.as_tensor(np.asarray(obs, dtype=np.float64), device=policy.device)
+    if s.ndim != 2 or s.shape[1] != policy.obs_dim:
+        raise ValueError(f"{policy.name}: expected obs [P, {policy.obs_dim}], got {tuple(s.shape)}")
+    a = policy._step_torch(prepared, s).cpu().numpy()
+    if policy.action_low is not None or policy.action_high is not None:
+        a = np.clip(a, policy.action_low, policy.action_high)
+    return a
+
+
 class Policy:
     """Base class. Subclasses set `name` and `defaults` (their keyword options and default
     values), implement `_configure` (validate options, set attributes), `_blocks` (the parameter
@@ -150,8 +195,8 @@ class Policy:
         self.act_dim = _positive_int(self.name, "act_dim", act_dim)
         self.device = resolve_device(device)
         self.backend = "kernels" if self.device.type == "cpu" else "torch"
-        self.action_low = self._bound(action_low)
-        self.action_high = self._bound(action_high)
+        self.action_low = _action_bound(action_low, self.act_dim)
+        self.action_high = _action_bound(action_high, self.act_dim)
         # The kernels clip every row; an infinite bound clips nothing, as None does.
         self._low = np.full(self.act_dim, -np.inf) if action_low is None else self.action_low
         self._high = np.full(self.act_dim, np.inf) if action_high is None else self.action_high
@@ -170,17 +215,6 @@ class Policy:
         if value not in BACKENDS:
             raise OdepolicyError(f"unknown policy backend {value!r}; valid: {', '.join(BACKENDS)}")
         self._backend = value
-
-    def _bound(self, bound) -> np.ndarray | None:
-        if bound is None:
-            return None
-        b = np.asarray(bound, dtype=np.float64)
-        try:
-            return np.broadcast_to(b, (self.act_dim,)).copy()
-        except ValueError:
-            raise OdepolicyError(
-                f"action bound of shape {b.shape} does not match act_dim {self.act_dim}"
-            ) from None
 
     # -- for subclasses ----------------------------------------------------------------
     def _configure(self) -> None:
@@ -232,7 +266,7 @@ class Policy:
     def step(self, prepared: dict[str, np.ndarray | torch.Tensor], obs: np.ndarray) -> np.ndarray:
         """Actions [P, act_dim] (float64 numpy, clipped to the action box) for obs [P, obs_dim]."""
         if self.backend == "torch":
-            return self._step_with_torch(prepared, obs)
+            return _torch_step(self, prepared, obs)
         s = np.ascontiguousarray(obs, dtype=np.float64)
         if s.ndim != 2 or s.shape[1] != self.obs_dim:
             raise ValueError(f"{self.name}: expected obs [P, {self.obs_dim}], got {s.shape}")
@@ -241,28 +275,7 @@ class Policy:
             raise ValueError(f"{self.name}: {len(s)} observations for {rows} prepared rows")
         return self._step_kernels(prepared, s)
 
-    def _step_with_torch(self, prepared: dict[str, torch.Tensor], obs: np.ndarray) -> np.ndarray:
-        s = torch.as_tensor(np.asarray(obs, dtype=np.float64), device=self.device)
-        if s.ndim != 2 or s.shape[1] != self.obs_dim:
-            raise ValueError(f"{self.name}: expected obs [P, {self.obs_dim}], got {tuple(s.shape)}")
-        a = self._step_torch(prepared, s).cpu().numpy()
-        if self.action_low is not None or self.action_high is not None:
-            a = np.clip(a, self.action_low, self.action_high)
-        return a
-
-    @staticmethod
-    def select(
-        prepared: dict[str, np.ndarray | torch.Tensor], idx
-    ) -> dict[str, np.ndarray | torch.Tensor]:
-        """Keep rows `idx` (integer array) of every prepared array or tensor."""
-        idx = np.asarray(idx, dtype=np.int64)
-        out = {}
-        for k, v in prepared.items():
-            if isinstance(v, np.ndarray):
-                out[k] = v[idx]
-            else:
-                out[k] = v[torch.as_tensor(idx, device=v.device)]
-        return out
+    select = staticmethod(select_rows)  # rows `idx` of every prepared array or tensor
 
     def act(self, thetas: np.ndarray, obs: np.ndarray) -> np.ndarray:
         """step(prepare(thetas), obs). A single theta [m] with a single obs [obs_dim] gives
