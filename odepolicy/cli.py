@@ -17,6 +17,17 @@ from .plotting import BANDS, X_AXES
 __all__ = ["main", "build_parser"]
 
 
+def _add_set_option(p, what: str) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what}; repeatable",
+    )
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -36,14 +47,7 @@ def _add_train(sub) -> None:
         "(experiments/presets/<env>/<policy>.yaml) or the library defaults",
     )
     p.add_argument("--policy", help="policy name (see odepolicy.policies.POLICIES)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, dotted for sections (e.g. es.sigma=0.05); repeatable",
-    )
+    _add_set_option(p, "override a config key, dotted for sections (e.g. es.sigma=0.05)")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     p.add_argument("--name", help="run folder name (default: <env>_<policy>_s<seed>_<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
@@ -209,14 +213,7 @@ def _add_tune(sub) -> None:
         "choices}); default: the policy family's space",
     )
     p.add_argument("--out", help="study folder (default: runs/tune/<config name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key for every trial (e.g. backend.name=ray); repeatable",
-    )
+    _add_set_option(p, "override a key for every trial (e.g. backend.name=ray)")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
 

@@ -11,16 +11,15 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ray_head import ray_head
 
 from odepolicy.backends import make_backend
 from odepolicy.checkpoint import read_checkpoint
@@ -127,46 +126,12 @@ def test_killed_actor_is_replaced_and_its_work_rerun(ray_session):
     assert ray_session.is_initialized()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_joins_an_existing_cluster(tmp_path):
-    ray_exe = Path(sys.executable).with_name("ray")
-    port = _free_port()
     # Ray >= 2.5x clusters use token authentication: a driver joining by address needs
     # RAY_AUTH_MODE=token and the cluster's token (here in RAY_AUTH_TOKEN, not ~/.ray).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    temp_dir = tempfile.mkdtemp(prefix="rayt")  # short: Ray's socket paths have a length limit
-    head_cmd = [
-        str(ray_exe), "start", "--head", "--block",
-        f"--port={port}",
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        "--include-dashboard=false",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]  # fmt: skip
-    head = subprocess.Popen(
-        head_cmd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, ended below by its pid
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert head.poll() is None, "ray start --head exited"
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "Ray head did not come up"
-            time.sleep(0.2)
+    with ray_head(env) as (port, _):
         sets = [
             "iterations=2",
             "es.directions=2",
@@ -185,16 +150,6 @@ def test_cli_joins_an_existing_cluster(tmp_path):
         run = tmp_path / "joined"
         assert [r["iteration"] for r in _rows(run)] == ["1", "2"]
         assert read_checkpoint(run / "checkpoints" / "latest.npz")[1]["iteration"] == 2
-    finally:
-        try:  # SIGINT: `ray start --block` stops its GCS, raylet and workers at once
-            os.killpg(head.pid, signal.SIGINT)
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _digest(path: Path) -> str:

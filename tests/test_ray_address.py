@@ -12,8 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_head import free_port, ray_head
 
 from odepolicy import OdepolicyError
 from odepolicy.backends import make_backend
@@ -33,12 +32,6 @@ TINY = ["iterations=1", "es.directions=2", "eval_episodes=1", "horizon=50", "bac
 pytestmark = pytest.mark.ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dead_address_file():
     """A private RAY_TMPDIR whose address file names a port nothing listens on.
@@ -46,7 +39,7 @@ def dead_address_file():
     Short, from mkdtemp: a local instance puts its session (with Unix sockets, whose paths
     have a length limit) under RAY_TMPDIR too."""
     folder = tempfile.mkdtemp(prefix="rayt")
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     (Path(folder) / "ray").mkdir()
     (Path(folder) / "ray" / "ray_current_cluster").write_text(dead + "\n")
     try:
@@ -157,39 +150,11 @@ def test_dead_address_fails_fast_and_names_its_source(tmp_path, dead_address_fil
 
 def test_run_joins_the_cluster_named_by_ray_address(tmp_path, dead_address_file):
     folder, dead = dead_address_file
-    port = _free_port()
     # Token authentication, as Ray >= 2.5x clusters have it: the head and the drivers share
     # RAY_AUTH_MODE=token and the token (here RAY_AUTH_TOKEN, so ~/.ray is neither read nor
     # written and the result does not depend on it).
     auth = dict(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    temp_dir = tempfile.mkdtemp(prefix="rayh")
-    head_cmd = [
-        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-        f"--port={port}",
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        "--include-dashboard=false",
-        f"--dashboard-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]  # fmt: skip
-    head = subprocess.Popen(
-        head_cmd,
-        env=_env(**auth),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, ended below by its pid
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert head.poll() is None, "ray start --head exited"
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "Ray head did not come up"
-            time.sleep(0.2)
+    with ray_head(_env(**auth)) as (port, temp_dir):
         address = f"127.0.0.1:{port}"
 
         # The address file (dead) is not consulted: RAY_ADDRESS names the cluster to join.
@@ -229,13 +194,3 @@ def test_run_joins_the_cluster_named_by_ray_address(tmp_path, dead_address_file)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("odepolicy: error")]
         assert len(errors) == 1 and "RAY_AUTH_MODE=token" in errors[0], proc.stderr[-3000:]
         assert address in errors[0] and "RAY_ADDRESS" in errors[0]
-    finally:
-        try:  # SIGINT: `ray start --block` stops its GCS, raylet and workers at once
-            os.killpg(head.pid, signal.SIGINT)
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
