@@ -55,13 +55,15 @@ def report(runs: Path) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     verdicts = []
-    folders = sorted(p for p in runs.glob("*") if RunDir(p).has_progress())
+    # (folder, (env, policy, seed)), each config.yaml read once
+    folders = [
+        (p, RunDir(p).identity()) for p in sorted(runs.glob("*")) if RunDir(p).has_progress()
+    ]
     for task, budget in BUDGETS.items():
         threshold = ARS_THRESHOLDS[task]
         for policy in ("linear", "iso_odetoode"):
             passed = 0
-            for folder in folders:
-                env, name, seed = RunDir(folder).identity()
+            for folder, (env, name, seed) in folders:
                 if (env, name) != (task, policy):
                     continue
                 hit, last, end = _first_crossing(folder, threshold)

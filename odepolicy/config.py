@@ -234,6 +234,11 @@ def dump_config(config: Config) -> str:
 PRESETS_ENV = "ODEPOLICY_PRESETS"
 
 
+def env_slug(env: str) -> str:
+    """An env id as a file-name part: `dm_control/cheetah-run-v0` -> `dmc-cheetah-run-v0`."""
+    return env.replace("dm_control/", "dmc-").replace("/", "-")
+
+
 def preset_dirs() -> list[Path]:
     """Where presets are looked for: $ODEPOLICY_PRESETS, ./experiments/presets, and the
     source checkout's experiments/presets (an editable install)."""
@@ -247,9 +252,8 @@ def preset_dirs() -> list[Path]:
 
 def find_preset(env: str, policy: str) -> Path | None:
     """The tuned preset `<env>/<policy>.yaml` for a pair, or None."""
-    env_dir = env.replace("dm_control/", "dmc-").replace("/", "-")
     for root in preset_dirs():
-        path = root / env_dir / f"{policy}.yaml"
+        path = root / env_slug(env) / f"{policy}.yaml"
         if path.is_file():
             return path
     return None

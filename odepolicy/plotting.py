@@ -417,7 +417,7 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
     for task, ax in zip(tasks, axes.flat):
         for curve in (c for c in curves if c.task == task):
             style = method_style(curve.method)
-            label = f"{style.pop('label')} (n={curve.seeds})"
+            label = style.pop("label")
             if not len(curve.grid):
                 print(
                     f"odepolicy: note: the seeds of {task} {curve.method} do not overlap in {x}",
@@ -425,7 +425,7 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
                 )
             marker = "o" if len(curve.grid) == 1 else None
             (line,) = ax.plot(curve.grid, curve.mean, label=label, marker=marker, **style)
-            handles.setdefault(style["color"] + label.split(" (n=")[0], line)
+            handles.setdefault(curve.method, line)  # one legend entry per method
             if curve.lo is not None:
                 ax.fill_between(
                     curve.grid, curve.lo, curve.hi, color=style["color"], alpha=0.2, linewidth=0
@@ -446,8 +446,7 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         if x == "timesteps":
             ax.xaxis.set_major_formatter(FuncFormatter(_millions))
-    labels = [h.get_label().split(" (n=")[0] for h in handles.values()]
-    fig.legend(list(handles.values()), labels, loc="outside right upper", fontsize="small")
+    fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize="small")
     fig.suptitle(f"mean over seeds; {_BAND_CAPTIONS[band]}", fontsize="small")
     png, pdf = _figure_paths(out)
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ the sweep, the tuner and the plots all go through `RunDir`, so the format lives 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import numpy as np
 
 from . import OdepolicyError, __version__
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import Config, config_from_dict, dump_config, read_yaml
+from .config import Config, config_from_dict, dump_config, env_slug, read_yaml
 from .state import budget_spent
 
 __all__ = [
@@ -62,6 +63,12 @@ STATUSES = ("empty", "resumable", "finished")
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of the libraries a run depends on (looked up once per process)."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"odepolicy": __version__, "python": platform.python_version()}
@@ -75,9 +82,8 @@ def library_versions() -> dict[str, str]:
 
 def run_name(config: Config) -> str:
     """`<env>_<policy>_s<seed>_<time>`: a run's identity readable from its folder name."""
-    env = config.env.replace("dm_control/", "dmc-").replace("/", "-")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{env}_{config.policy.name}_s{config.seed}_{stamp}"
+    return f"{env_slug(config.env)}_{config.policy.name}_s{config.seed}_{stamp}"
 
 
 def _fmt(v) -> str:
@@ -274,9 +280,7 @@ class RunDir:
 
     def save_state(self, state, config: Config, env_spec) -> Path:
         """Checkpoint a `state.TrainState` (periodic every `config.checkpoint_every`)."""
-        if not hasattr(self, "_versions"):
-            self._versions = library_versions()  # once per run, not per checkpoint
-        arrays, meta = state.to_checkpoint(config, env_spec, self._versions)
+        arrays, meta = state.to_checkpoint(config, env_spec, library_versions())
         periodic = state.counters.iteration % config.checkpoint_every == 0
         return self.save_checkpoint(arrays, meta, periodic)
 

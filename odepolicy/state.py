@@ -11,13 +11,14 @@ read them back. The key naming (`es.*`, `norm.*`) exists only here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
 from . import OdepolicyError
 from .es import RiemannianES
 from .normalizer import ObsNormalizer
-from .policies import Policy, make_policy
+from .policies import Policy, policy_for_env
 
 __all__ = [
     "Counters",
@@ -120,16 +121,9 @@ def policy_from_checkpoint(
     arrays: dict[str, np.ndarray], meta: dict, device: str = "cpu"
 ) -> tuple[Policy, np.ndarray, ObsNormalizer]:
     """(policy, centre parameters, normaliser) of a checkpoint's arrays and metadata."""
-    env = meta["env"]
-    policy = make_policy(
-        meta["policy"]["name"],
-        env["obs_dim"],
-        env["act_dim"],
-        action_low=np.asarray(env["action_low"]),
-        action_high=np.asarray(env["action_high"]),
-        device=device,
-        **meta["policy"]["kwargs"],
-    )
+    spec = SimpleNamespace(**meta["env"])  # the EnvSpec fields env_meta recorded
+    policy_spec = {"name": meta["policy"]["name"], **meta["policy"]["kwargs"], "device": device}
+    policy = policy_for_env(spec, policy_spec)
     theta = arrays.get(_ES + "center")
     if theta is None or theta.shape != (policy.num_params,):
         shape = None if theta is None else theta.shape

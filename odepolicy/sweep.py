@@ -100,9 +100,8 @@ def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file; OdepolicyError names what is wrong."""
     path = Path(path)
     data = read_yaml_mapping(path, "sweep file", "out, seeds, configs, ...")
-    for key in ("set",):  # a lone string is accepted where a list is expected
-        if isinstance(data.get(key), str):
-            data[key] = [data[key]]
+    if isinstance(data.get("set"), str):  # a lone string is accepted where a list is expected
+        data["set"] = [data["set"]]
     try:
         sweep = build_typed(SweepFile, data, kind="sweep key")
         if not sweep.configs:
