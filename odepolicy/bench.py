@@ -112,11 +112,11 @@ def _bench_population(args, spec, directions: int) -> dict:
 
 
 def bench_command(args) -> int:
-    import torch
-
     from .envs import env_spec
+    from .policies._torch import torch, torch_imported
 
-    torch.set_num_threads(1)
+    if torch_imported():  # the CPU kernels never import torch; CUDA policies do, later
+        torch.set_num_threads(1)
     sizes = list(args.perturbations)
     if min(sizes) < 1 or args.horizon < 1 or args.iterations < 1:
         raise OdepolicyError("--perturbations, --horizon and --iterations must be positive")

@@ -64,7 +64,12 @@ def evaluate_population(
     clip: float | None = None,
 ) -> PopulationResult:
     """Run one episode (up to `horizon` steps) per row of `thetas`, row i in `envs[i]`,
-    reset with `seeds[i]`. Observations are normalised with the frozen (obs_mean, obs_std)."""
+    reset with `seeds[i]`. Observations are normalised with the frozen (obs_mean, obs_std).
+
+    The live rows are kept compact (positions 0..L-1 of small arrays, updated in place), so a
+    lockstep costs a fixed dozen numpy calls plus one `env.step` per live row; a row's totals
+    are written to the result when its episode ends. Every row starts at t = 0, so its length
+    is the lockstep at which it ended."""
     P = len(thetas)
     if len(envs) < P or len(seeds) < P:
         raise ValueError("need one environment and one seed per parameter vector")
@@ -75,62 +80,89 @@ def evaluate_population(
     lengths = np.zeros(P, dtype=np.int64)
     failed = np.zeros(P, dtype=bool)
     reasons = [""] * P
-    obs = np.zeros((P, obs_dim))
     obs_sum = np.zeros((P, obs_dim))
     obs_sumsq = np.zeros((P, obs_dim))
-    obs_count = np.zeros(P)
 
     def fail(i: int, why: str) -> None:
         failed[i], reasons[i] = True, why
 
+    start = np.zeros((P, obs_dim))
     for i in range(P):
         try:
-            obs[i] = envs[i].reset(seed=int(seeds[i]))
-            if not np.all(np.isfinite(obs[i])):
+            start[i] = envs[i].reset(seed=int(seeds[i]))
+            if not np.all(np.isfinite(start[i])):
                 fail(i, "non-finite observation at reset")
         except Exception as exc:  # an environment that cannot reset fails its row only
             fail(i, f"reset raised {type(exc).__name__}: {exc}")
-    live = np.flatnonzero(~failed)
+    live = np.flatnonzero(~failed)  # original row of each compact position
     prepared = policy.prepare(thetas) if P else None
     if len(live) < P:
         prepared = policy.select(prepared, live)
-    for _ in range(int(horizon)):
-        if len(live) == 0:
-            break
-        x = obs[live]
-        obs_sum[live] += x
-        obs_sumsq[live] += x * x
-        obs_count[live] += 1
-        z = (x - mean) / std
-        actions = policy.step(prepared, z if clip is None else np.clip(z, -clip, clip))
-        done = np.zeros(len(live), dtype=bool)
+    # Compact state of the live rows.
+    cur = start[live]
+    run_env = [envs[i] for i in live]
+    run_ret = np.zeros(len(live))
+    run_sum = np.zeros_like(cur)
+    run_sumsq = np.zeros_like(cur)
+    z = np.empty_like(cur)
+    sq = np.empty_like(cur)
+
+    def finish(positions, t: int) -> None:
+        rows = live[positions]
+        returns[rows] = run_ret[positions]
+        lengths[rows] = t
+        obs_sum[rows] = run_sum[positions]
+        obs_sumsq[rows] = run_sumsq[positions]
+
+    t = 0
+    while t < int(horizon) and len(live):
+        run_sum += cur
+        np.multiply(cur, cur, out=sq)
+        run_sumsq += sq
+        np.subtract(cur, mean, out=z)
+        np.divide(z, std, out=z)
+        if clip is not None:
+            np.clip(z, -clip, clip, out=z)
+        actions = policy.step(prepared, z)
         rewards = np.zeros(len(live))
+        ended: set[int] = set()
         # MuJoCo silently resets a simulation given a NaN control; catch it before it does.
-        for pos in np.flatnonzero(~np.isfinite(actions).all(axis=1)):
-            fail(live[pos], "non-finite action from the policy")
-            done[pos] = True
-        for pos, i in enumerate(live):
-            if done[pos]:
+        if not np.isfinite(actions).all():
+            for pos in np.flatnonzero(~np.isfinite(actions).all(axis=1)):
+                fail(live[pos], "non-finite action from the policy")
+                ended.add(int(pos))
+        for pos, (env, action) in enumerate(zip(run_env, actions)):
+            if ended and pos in ended:
                 continue
             try:
-                obs[i], rewards[pos], terminated, truncated = envs[i].step(actions[pos])
+                cur[pos], rewards[pos], terminated, truncated = env.step(action)
             except Exception as exc:
-                fail(i, f"step raised {type(exc).__name__}: {exc}")
-                done[pos] = True
+                fail(live[pos], f"step raised {type(exc).__name__}: {exc}")
+                ended.add(pos)
                 continue
-            done[pos] = terminated or truncated
-        lengths[live] += 1
-        returns[live] += rewards
+            if terminated or truncated:
+                ended.add(pos)
+        run_ret += rewards
+        t += 1
         # One vectorised check per lockstep rather than one per environment step.
-        bad = ~(np.isfinite(rewards) & np.isfinite(obs[live]).all(axis=1)) & ~failed[live]
-        for pos in np.flatnonzero(bad):
-            fail(live[pos], "non-finite reward or observation")
-            done[pos] = True
-        if done.any():
+        if not (np.isfinite(rewards).all() and np.isfinite(cur).all()):
+            bad = ~(np.isfinite(rewards) & np.isfinite(cur).all(axis=1)) & ~failed[live]
+            for pos in np.flatnonzero(bad):
+                fail(live[pos], "non-finite reward or observation")
+                ended.add(int(pos))
+        if ended:
+            done = np.zeros(len(live), dtype=bool)
+            done[list(ended)] = True
+            finish(np.flatnonzero(done), t)
             keep = np.flatnonzero(~done)
-            live = live[keep]
+            live, cur, run_ret = live[keep], cur[keep], run_ret[keep]
+            run_sum, run_sumsq = run_sum[keep], run_sumsq[keep]
+            run_env = [run_env[k] for k in keep]
+            z, sq = z[: len(keep)], sq[: len(keep)]
             prepared = policy.select(prepared, keep)
+    finish(np.arange(len(live)), t)
     returns[failed] = np.nan
+    obs_count = lengths.astype(np.float64)
     return PopulationResult(returns, lengths, failed, reasons, obs_count, obs_sum, obs_sumsq)
 
 

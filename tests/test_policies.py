@@ -203,6 +203,44 @@ def test_odetoode_matches_reference(name, seed):
 
 
 @pytest.mark.parametrize("name", ["iso_odetoode", "gated_odetoode"])
+@pytest.mark.parametrize("backend", ["kernels", "torch"])
+def test_output_scale_multiplies_the_reference_action(name, backend):
+    """a = c * Omega_out x_N: the reference action times c, on both backends, before the clip."""
+    c = 0.137
+    pol = make_policy(name, OBS, ACT, hidden=6, output_scale=c)
+    pol.backend = backend
+    rng = np.random.default_rng(4)
+    thetas = _population(pol, rng, 3, noise=0.1)
+    obs = rng.standard_normal((3, OBS))
+    got = pol.act(thetas, obs)
+    for i in range(3):
+        expected, _ = _reference_act(pol, thetas[i], obs[i])
+        np.testing.assert_allclose(got[i], c * expected, rtol=0, atol=1e-10)
+    assert np.abs(got).max() > 1e-3  # not trivially zero
+    assert pol.describe()["kwargs"]["output_scale"] == c
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, "big", float("nan")])
+def test_output_scale_must_be_positive(bad):
+    with pytest.raises(OdepolicyError, match="output_scale must be a positive number"):
+        make_policy("iso_odetoode", OBS, ACT, output_scale=bad)
+
+
+def test_output_scale_shrinks_saturation_at_init():
+    """With orthonormal Omega_in / Omega_out rows, normalised 17-d observations put about half of a
+    6-d action at the +-1 bounds at init (HalfCheetah's sizes); c = 0.1 takes it off them."""
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((64, 17))
+    fractions = {}
+    for c in (1.0, 0.1):
+        pol = make_policy("iso_odetoode", 17, 6, action_low=-1.0, action_high=1.0, output_scale=c)
+        theta = pol.init(np.random.default_rng(1))
+        a = pol.act(np.repeat(theta[None], 64, axis=0), obs)
+        fractions[c] = float(np.mean(np.abs(a) >= 1.0))
+    assert fractions[1.0] > 0.4 and fractions[0.1] < 0.05, fractions
+
+
+@pytest.mark.parametrize("name", ["iso_odetoode", "gated_odetoode"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_matrix_flow_stays_orthogonal(name, seed):
     pol = make_policy(name, OBS, ACT, hidden=8)

@@ -257,9 +257,8 @@ class _RolloutActor:
     def __init__(self, env_id: str, policy_spec: dict, max_episode_steps: int | None):
         for var in _THREAD_VARS:
             os.environ[var] = "1"
-        import torch
-
-        torch.set_num_threads(1)
+        # torch is imported only by policies that run on it (odepolicy.policies._torch); the
+        # variables above give it one thread then.
         from odepolicy.rollout import RolloutWorker
 
         self.worker = RolloutWorker(env_id, policy_spec, max_episode_steps)

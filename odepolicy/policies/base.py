@@ -25,11 +25,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from .. import OdepolicyError
 from ..params import ParamLayout
 from . import kernels
+from ._torch import torch
 
 __all__ = [
     "Policy",
@@ -43,11 +43,16 @@ __all__ = [
 
 BACKENDS = ("kernels", "torch")
 
-ACTIVATIONS = {"abs": torch.abs, "tanh": torch.tanh, "relu": torch.relu}
+# torch is imported on first use (`._torch`), so these look it up when called.
+ACTIVATIONS = {
+    "abs": lambda x: torch.abs(x),
+    "tanh": lambda x: torch.tanh(x),
+    "relu": lambda x: torch.relu(x),
+}
 INPLACE_ACTIVATIONS = {
-    "abs": torch.Tensor.abs_,
-    "tanh": torch.Tensor.tanh_,
-    "relu": torch.Tensor.relu_,
+    "abs": lambda y: y.abs_(),
+    "tanh": lambda y: y.tanh_(),
+    "relu": lambda y: y.relu_(),
 }
 NUMPY_INPLACE_ACTIVATIONS = {
     "abs": lambda y: np.abs(y, out=y),
@@ -56,8 +61,22 @@ NUMPY_INPLACE_ACTIVATIONS = {
 }
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' means CUDA when available, else CPU."""
+class _CPU(str):
+    """The CPU as a device without importing torch: the string 'cpu' (which torch accepts
+    wherever a device goes) with torch.device's `type`."""
+
+    type = "cpu"
+    index = None
+
+
+CPU = _CPU("cpu")
+
+
+def resolve_device(device: str | torch.device) -> torch.device | _CPU:
+    """'auto' means CUDA when available, else CPU. The CPU comes back as `CPU`, so a CPU policy
+    never imports torch."""
+    if str(device) == "cpu":
+        return CPU
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -13,10 +13,10 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..manifolds import Euclidean
 from . import kernels
+from ._torch import torch
 from .base import ODEPolicy, _positive_int, contiguous, matvec, transposed
 
 __all__ = ["BaseODE", "mlp_blocks", "mlp_forward"]

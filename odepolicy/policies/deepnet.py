@@ -18,10 +18,10 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..manifolds import Euclidean
 from . import kernels
+from ._torch import torch
 from .base import Policy, _positive_int, activation, contiguous, matvec, transposed
 
 __all__ = ["DeepNet", "DeepResNet"]

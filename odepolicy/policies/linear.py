@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..manifolds import Euclidean
 from . import kernels
+from ._torch import torch
 from .base import Policy, contiguous, matvec, transposed
 
 __all__ = ["Linear"]

@@ -15,10 +15,10 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..manifolds import Euclidean
 from . import kernels
+from ._torch import torch
 from .base import ODEPolicy, _positive_int, contiguous
 
 __all__ = ["NANODE"]

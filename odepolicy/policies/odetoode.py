@@ -21,11 +21,11 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..manifolds import Euclidean, Stiefel, Symmetric
 from . import kernels
-from .base import ODEPolicy, _positive_int, contiguous
+from ._torch import torch
+from .base import ODEPolicy, _positive_float, _positive_int, contiguous
 
 __all__ = ["ISOODEtoODE", "GatedODEtoODE"]
 
@@ -47,7 +47,32 @@ def batch_matrix_exp(A: torch.Tensor) -> torch.Tensor:
 
 class ODEtoODE(ODEPolicy):
     """Shared skeleton: Stiefel projections, a Euclidean bias and W_0 in O(h); subclasses give
-    the skew generator b_psi(t, W) and its parameter blocks."""
+    the skew generator b_psi(t, W) and its parameter blocks.
+
+    `output_scale` c (default 1, the paper's form) makes the action c * Omega_out x_N. Omega_out
+    and Omega_in have orthonormal rows, and the |.| flow never shrinks x, so ES cannot make the
+    actions smaller through the parameters: with normalised observations of dimension ~17,
+    HalfCheetah's actions start at the bounds 82-91% of the time (benchmarks/learning.md,
+    section 2). A fixed c < 1 gives the policy room inside the action box."""
+
+    defaults: ClassVar[dict[str, Any]] = {**ODEPolicy.defaults, "output_scale": 1.0}
+
+    def _configure(self) -> None:
+        super()._configure()
+        c = _positive_float(self.name, "output_scale", self.kwargs["output_scale"])
+        self.output_scale = self.kwargs["output_scale"] = c
+
+    def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prepared = super()._prepare_kernels(p)
+        if self.output_scale != 1.0:
+            prepared["omega_out_t"] = prepared["omega_out_t"] * self.output_scale
+        return prepared
+
+    def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        prepared = super()._prepare_torch(p)
+        if self.output_scale != 1.0:
+            prepared["omega_out"] = prepared["omega_out"] * self.output_scale
+        return prepared
 
     def _generator_blocks(self) -> list:
         raise NotImplementedError
@@ -96,7 +121,7 @@ class ISOODEtoODE(ODEtoODE):
     W_t starts moving but not wildly; with Q = 0 or N = 0 the flow is constant, W_i = W_0."""
 
     name: ClassVar[str] = "iso_odetoode"
-    defaults: ClassVar[dict[str, Any]] = {**ODEPolicy.defaults, "init_scale": 0.5}
+    defaults: ClassVar[dict[str, Any]] = {**ODEtoODE.defaults, "init_scale": 0.5}
 
     def _generator_blocks(self) -> list:
         scale = float(self.kwargs["init_scale"]) / math.sqrt(self.hidden)
@@ -121,7 +146,7 @@ class GatedODEtoODE(ODEtoODE):
     ~ N(0, 1/h) entries, a_i ~ N(0, init_scale^2)."""
 
     name: ClassVar[str] = "gated_odetoode"
-    defaults: ClassVar[dict[str, Any]] = {**ODEPolicy.defaults, "gates": 2, "init_scale": 0.5}
+    defaults: ClassVar[dict[str, Any]] = {**ODEtoODE.defaults, "gates": 2, "init_scale": 0.5}
 
     def _configure(self) -> None:
         super()._configure()
