@@ -6,6 +6,10 @@ large ones. For each population size this runs real training iterations through 
 own `Trainer.iterate` (ask, evaluate, merge statistics, tell) and prints their env steps/s, the
 ratio to bare stepping, the policy's `prepare` and per-step cost at the lockstep batch size, and
 peak resident memory. The sizes are printed side by side.
+
+A constant action is a cheap trajectory, so on the local backend one more iteration measures
+the share of the time spent inside `env.step` itself: the engine's overhead on the very
+trajectories the policy produces.
 """
 
 from __future__ import annotations
@@ -90,6 +94,12 @@ def _bench_population(args, spec, directions: int) -> dict:
         for _ in range(args.iterations):
             trainer.iterate()
         seconds = time.perf_counter() - t0
+        # One more iteration, with env.step timed (the timer is kept out of the rate above).
+        in_env = _time_env_steps(backend)
+        t1 = time.perf_counter()
+        if in_env is not None:
+            trainer.iterate()
+        share = in_env[0] / (time.perf_counter() - t1) if in_env else None
         steps = trainer.counters.env_steps - steps0
         workers = backend.num_workers
         worker_mem = backend.peak_memory_mb() if hasattr(backend, "peak_memory_mb") else {}
@@ -108,7 +118,32 @@ def _bench_population(args, spec, directions: int) -> dict:
         "seconds": seconds,
         "workers": workers,
         "worker_mem": worker_mem,
+        "env_share": share,
     }
+
+
+def _time_env_steps(backend) -> list | None:
+    """On the local backend, time every `env.step` of the worker's environments from now on:
+    the returned list holds the seconds spent inside them. None on other backends.
+
+    A constant action is a cheap trajectory (HalfCheetah lies still), while a policy's
+    actions make contacts the physics must solve, so bare stepping understates what the same
+    env steps cost under a policy. The share of an iteration spent inside `env.step` is the
+    engine's own measure: everything else is the policy, the rollout loop and ES."""
+    worker = getattr(backend, "worker", None)
+    if worker is None:
+        return None
+    spent = [0.0]
+    for env in worker.envs:
+
+        def timed(action, _step=env.step):
+            t = time.perf_counter()
+            out = _step(action)
+            spent[0] += time.perf_counter() - t
+            return out
+
+        env.step = timed
+    return spent
 
 
 def bench_command(args) -> int:
@@ -137,6 +172,10 @@ def bench_command(args) -> int:
         (f"{label}, steps/s", lambda r: f"{r['rate']:,.0f}"),
         ("workers", lambda r: f"{r['workers']}"),
         ("ratio to bare x workers", lambda r: f"{r['rate'] / (bare * r['workers']):.3f}"),
+        (
+            "share of time inside env.step",
+            lambda r: "n/a" if r["env_share"] is None else f"{r['env_share']:.3f}",
+        ),
     ]
     width = max(len(name) for name, _ in table)
     for name, cell in table:

@@ -163,3 +163,17 @@ def test_evaluate_renders_a_video_headless(tmp_path, capsys):
     assert frames[0].shape == (360, 480, 3)
     assert frames[0].max() > 100 and frames[0].std() > 5  # a rendered scene, not a blank frame
     assert any((f != frames[0]).any() for f in frames[1:])  # the pole moves
+
+
+def test_bench_prints_both_sizes_and_the_share_inside_env_step(capsys):
+    """Real iterations on a real env: the rates are positive and the share of the time spent
+    inside env.step is a fraction (a timer around env.step cannot exceed the iteration)."""
+    argv = ["bench", "--env", "InvertedPendulum-v5", "--policy", "linear"]
+    assert main([*argv, "--perturbations", "2", "4", "--horizon", "50", "--iterations", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:32].strip(): line[32:].split() for line in out.splitlines()}
+    assert rows["directions"] == ["2", "4"]
+    rates = [float(v.replace(",", "")) for v in rows["ES iteration (local), steps/s"]]
+    shares = [float(v) for v in rows["share of time inside env.step"]]
+    assert all(r > 0 for r in rates)
+    assert all(0.05 < s < 1.0 for s in shares), shares
