@@ -94,13 +94,13 @@ def _bench_population(args, spec, directions: int) -> dict:
         for _ in range(args.iterations):
             trainer.iterate()
         seconds = time.perf_counter() - t0
+        steps = trainer.counters.env_steps - steps0
         # One more iteration, with env.step timed (the timer is kept out of the rate above).
         in_env = _time_env_steps(backend)
         t1 = time.perf_counter()
         if in_env is not None:
             trainer.iterate()
         share = in_env[0] / (time.perf_counter() - t1) if in_env else None
-        steps = trainer.counters.env_steps - steps0
         workers = backend.num_workers
         worker_mem = backend.peak_memory_mb() if hasattr(backend, "peak_memory_mb") else {}
     finally:

@@ -177,3 +177,22 @@ def test_bench_prints_both_sizes_and_the_share_inside_env_step(capsys):
     shares = [float(v) for v in rows["share of time inside env.step"]]
     assert all(r > 0 for r in rates)
     assert all(0.05 < s < 1.0 for s in shares), shares
+
+
+def test_bench_rate_counts_only_the_timed_iterations():
+    """Horizon 5 on HalfCheetah (which never terminates): the timed iterations step
+    exactly population x horizon x iterations envs; the extra env.step-timing iteration is
+    not counted."""
+    import argparse
+
+    from odepolicy.bench import _bench_population
+    from odepolicy.envs import env_spec
+
+    args = argparse.Namespace(
+        env="HalfCheetah-v5", policy="linear", hidden=None, no_antithetic=False,
+        horizon=5, backend="local", workers=1, address=None, iterations=2,
+    )  # fmt: skip
+    r = _bench_population(args, env_spec(args.env), 3)
+    assert r["population"] == 6
+    assert r["steps"] == 6 * 5 * 2
+    assert 0.0 < r["env_share"] < 1.0
