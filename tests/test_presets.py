@@ -66,3 +66,27 @@ def test_target_return_ends_the_run_and_marks_it_finished(tmp_path):
     run = RunDir(tmp_path / "t")
     assert run.status(config) == "finished"
     assert run.status(load_config(run.config_file, ["target_return=null"])) == "resumable"
+
+
+def test_presets_are_exactly_the_studies_that_reach_the_bar():
+    """Every shipped preset has its committed study, whose best trial reaches a third of the
+    task's reference return, and every committed study that reaches it has its preset. The
+    preset's header names the same best score as the study."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("presets_tool", ROOT / "benchmarks/presets.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    studies = ROOT / "experiments" / "tune" / "studies"
+    for db in sorted(studies.glob("*/*/study.sqlite3")):
+        env, policy = db.parent.parent.name, db.parent.name
+        s = tool.summarise(db)
+        preset = ROOT / "experiments" / "presets" / env / f"{policy}.yaml"
+        passes = s["best"] is not None and s["best"] >= tool.FRACTION * tool.REFERENCE[env]
+        assert preset.is_file() == passes, (env, policy, s["best"])
+        if passes:
+            header = preset.read_text().splitlines()[3]
+            assert f"trial {s['best_trial']}, score {s['best']:.2f}" in header, (env, policy)
+    shipped = {(p.parent.name, p.stem) for p in PRESETS}
+    studied = {(d.parent.parent.name, d.parent.name) for d in studies.glob("*/*/study.sqlite3")}
+    assert shipped <= studied
