@@ -18,7 +18,9 @@ def _committed_table(path: Path) -> dict:
         return {(r["task"], r["method"]): r for r in csv.DictReader(fh)}
 
 
-@pytest.mark.parametrize("runs, table", [("learning", "learning_summary.csv")])
+@pytest.mark.parametrize(
+    "runs, table", [("learning", "learning_summary.csv"), ("demo", "demo_summary.csv")]
+)
 def test_committed_summary_equals_plot_of_committed_runs(runs, table):
     folder = RESULTS / runs
     computed = summary_table([load_run(p) for p in find_runs(folder)])
