@@ -226,6 +226,33 @@ def test_output_scale_must_be_positive(bad):
         make_policy("iso_odetoode", OBS, ACT, output_scale=bad)
 
 
+@pytest.mark.parametrize("name", ["iso_odetoode", "gated_odetoode"])
+def test_learned_output_scale_is_c_times_exp_of_its_parameter(name):
+    """learn_output_scale adds one Euclidean scalar l, starting at 0: the action is
+    c * exp(l) * Omega_out x_N. Its other blocks and their initial values are unchanged; a row's
+    action is bitwise the same alone and in a batch; both backends agree."""
+    learned = make_policy(name, OBS, ACT, hidden=6, output_scale=0.3, learn_output_scale=True)
+    fixed = make_policy(name, OBS, ACT, hidden=6, output_scale=0.3)
+    assert learned.num_params == fixed.num_params + 1
+    assert learned.layout["log_output_scale"].slice.stop == learned.num_params
+    rng = np.random.default_rng(7)
+    theta = learned.init(np.random.default_rng(3))
+    assert theta[-1] == 0.0
+    np.testing.assert_array_equal(theta[:-1], fixed.init(np.random.default_rng(3)))
+    obs = rng.standard_normal((5, OBS))
+    thetas = _population(learned, rng, 5, noise=0.1)
+    thetas[:, -1] = np.log([0.5, 1.0, 2.0, 3.0, 0.25])
+    got = learned.act(thetas, obs)
+    for i in range(5):
+        expected, _ = _reference_act(fixed, thetas[i, :-1], obs[i])
+        np.testing.assert_allclose(got[i], 0.3 * np.exp(thetas[i, -1]) * expected, atol=1e-10)
+        np.testing.assert_array_equal(learned.act(thetas[i : i + 1], obs[i : i + 1])[0], got[i])
+    learned.backend = "torch"
+    np.testing.assert_allclose(learned.act(thetas, obs), got, rtol=0, atol=1e-12)
+    with pytest.raises(OdepolicyError, match="learn_output_scale must be true or false"):
+        make_policy(name, OBS, ACT, learn_output_scale="yes")
+
+
 def test_output_scale_shrinks_saturation_at_init():
     """With orthonormal Omega_in / Omega_out rows, normalised 17-d observations put about half of a
     6-d action at the +-1 bounds at init (HalfCheetah's sizes); c = 0.1 takes it off them."""

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import OdepolicyError
 from ..manifolds import Euclidean, Stiefel, Symmetric
 from . import kernels
 from ._torch import torch
@@ -55,22 +56,56 @@ class ODEtoODE(ODEPolicy):
     HalfCheetah's actions start at the bounds 82-91% of the time (benchmarks/learning.md,
     section 2). A fixed c < 1 gives the policy room inside the action box."""
 
-    defaults: ClassVar[dict[str, Any]] = {**ODEPolicy.defaults, "output_scale": 1.0}
+    defaults: ClassVar[dict[str, Any]] = {
+        **ODEPolicy.defaults,
+        "output_scale": 1.0,
+        "learn_output_scale": False,
+    }
 
     def _configure(self) -> None:
         super()._configure()
         c = _positive_float(self.name, "output_scale", self.kwargs["output_scale"])
         self.output_scale = self.kwargs["output_scale"] = c
+        learn = self.kwargs["learn_output_scale"]
+        if not isinstance(learn, bool):
+            raise OdepolicyError(
+                f"policy {self.name!r}: learn_output_scale must be true or false, got {learn!r}"
+            )
+        self.learn_output_scale = learn
+
+    def _scale_blocks(self) -> list:
+        """With `learn_output_scale`, a Euclidean scalar l (starting at 0) makes the scale
+        c * exp(l): ES can then grow the actions' gain from a small, unsaturated start."""
+        return [("log_output_scale", Euclidean(1))] if self.learn_output_scale else []
+
+    def _row_scales(self, p: dict) -> np.ndarray | None:
+        """The output scale of every row, or None for the fixed c. exp is taken row by row in
+        Python floats, so a row's scale does not depend on its batch (numpy's vector exp may
+        round its loop tail differently)."""
+        if not self.learn_output_scale:
+            return None
+        logs = p["log_output_scale"]
+        logs = logs.detach().cpu().numpy() if not isinstance(logs, np.ndarray) else logs
+        return np.array([self.output_scale * math.exp(v) for v in logs[:, 0]])
 
     def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prepared = super()._prepare_kernels(p)
-        if self.output_scale != 1.0:
+        scales = self._row_scales(p)
+        if scales is not None:
+            prepared["omega_out_t"] = prepared["omega_out_t"] * scales[:, None, None]
+        elif self.output_scale != 1.0:
             prepared["omega_out_t"] = prepared["omega_out_t"] * self.output_scale
         return prepared
 
     def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prepared = super()._prepare_torch(p)
-        if self.output_scale != 1.0:
+        scales = self._row_scales(p)
+        if scales is not None:
+            s = torch.as_tensor(scales, dtype=prepared["omega_out"].dtype)
+            prepared["omega_out"] = (
+                prepared["omega_out"] * s.to(prepared["omega_out"].device)[:, None, None]
+            )
+        elif self.output_scale != 1.0:
             prepared["omega_out"] = prepared["omega_out"] * self.output_scale
         return prepared
 
@@ -88,6 +123,7 @@ class ODEtoODE(ODEPolicy):
             ("bias", Euclidean(h)),
             *self._generator_blocks(),
             ("W0", Stiefel(h, h)),
+            *self._scale_blocks(),
         ]
 
     def _flow_torch(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
