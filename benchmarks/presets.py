@@ -10,7 +10,8 @@ score and verdict as a markdown table (failed trials are interrupted ones, which
 task's reference return (ARS's threshold on the locomotion tasks, the maximum 1000 on
 InvertedPendulum): below that bar the search found nothing that learns the task, and every
 config we ship must learn within its own budget. `--ship` copies the passing best configs there
-and every study's SQLite file to `experiments/tune/studies/<env>/<policy>/`.
+and every finished study's SQLite file (one with its `best.yaml`, which `odepolicy tune` writes
+at its end) to `experiments/tune/studies/<env>/<policy>/`.
 """
 
 from __future__ import annotations
@@ -77,13 +78,13 @@ def main(argv=None) -> int:
             f"| {bar:.0f} | {verdict} |"
         )
         if args.ship:
+            if not (folder / "best.yaml").is_file():  # tune writes it when the study ends
+                print(f"skipped {env}/{policy}: no best.yaml, the study is unfinished")
+                continue
             studies = ROOT / "experiments" / "tune" / "studies" / env / policy
             studies.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(db, studies / "study.sqlite3")
             if ok:
-                if not (folder / "best.yaml").is_file():
-                    print(f"error: {folder / 'best.yaml'} is missing", file=sys.stderr)
-                    return 2
                 preset = ROOT / "experiments" / "presets" / env / f"{policy}.yaml"
                 preset.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(folder / "best.yaml", preset)
