@@ -90,3 +90,30 @@ def test_presets_are_exactly_the_studies_that_reach_the_bar():
     shipped = {(p.parent.name, p.stem) for p in PRESETS}
     studied = {(d.parent.parent.name, d.parent.name) for d in studies.glob("*/*/study.sqlite3")}
     assert shipped <= studied
+
+
+@pytest.mark.parametrize(
+    "config, preset",
+    [
+        ("halfcheetah.yaml", "HalfCheetah-v5/iso_odetoode.yaml"),
+        ("swimmer.yaml", "Swimmer-v5/iso_odetoode.yaml"),
+        ("inverted_pendulum.yaml", "InvertedPendulum-v5/iso_odetoode.yaml"),
+    ],
+)
+def test_user_configs_use_their_presets_settings(config, preset):
+    """The configs a user starts from carry their preset's ES settings and policy options (a
+    re-tuned preset must not leave them behind); only budgets and bookkeeping may differ."""
+    ours = load_config(ROOT / "experiments" / config)
+    tuned = load_config(ROOT / "experiments" / "presets" / preset)
+    assert ours.env == tuned.env and ours.policy.name == tuned.policy.name
+    assert ours.es == tuned.es
+    from odepolicy.envs import env_spec
+    from odepolicy.policies import policy_for_env
+
+    spec = env_spec(ours.env)
+    built = [
+        policy_for_env(spec, {"name": c.policy.name, **c.policy.kwargs}).kwargs
+        for c in (ours, tuned)
+    ]
+    assert built[0] == built[1]
+    assert ours.normalize_obs == tuned.normalize_obs
