@@ -90,3 +90,23 @@ def test_default_spaces_are_valid_for_every_policy():
         assert load_space(None, base, name)
     with pytest.raises(OdepolicyError):
         load_space(None, {**base, "es": {"shaping": "nope"}}, "linear")
+
+
+def test_odetoode_trials_sample_the_output_scale(tmp_path):
+    """ISO-ODEtoODE's default space adds policy.kwargs.output_scale: each trial's run folder
+    trains with a sampled c inside [0.05, 0.5], and the best config carries it."""
+    out = tmp_path / "iso"
+    sets = [a for s in TINY[:-1] + ["policy.name=iso_odetoode"] for a in ("--set", s)]
+    assert (
+        main(["tune", str(BASE), "--budget", "200", "--out", str(out), *sets, "--trials", "2"]) == 0
+    )
+    scales = []
+    for n in range(2):
+        run = RunDir(out / f"trial_{n:04d}")
+        if run.is_run():
+            scales.append(run.read_config().policy.kwargs["output_scale"])
+    assert scales and all(0.05 <= c <= 0.5 for c in scales), scales
+    best = load_config(out / "best.yaml")
+    assert best.policy.name == "iso_odetoode" and best.policy.kwargs["output_scale"] in scales
+    assert default_space("gated_odetoode")["policy.kwargs.output_scale"]["high"] == 0.5
+    assert "policy.kwargs.output_scale" not in default_space("base_ode")
