@@ -174,7 +174,11 @@ def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str]
         trial.set_user_attr("overrides", sets)
         name = f"trial_{trial.number:04d}"
         logger = _PruningLogger(trial, budget)
-        train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
+        try:
+            train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
+        except OdepolicyError as exc:  # Optuna records the failure; keep its reason for the log
+            trial.set_user_attr("error", str(exc))
+            raise
         evals = logger.evals  # every evaluation the run logged, in order
         if not evals:
             raise OdepolicyError(f"trial {trial.number} logged no evaluation")
@@ -262,6 +266,8 @@ def _print_trial(study, trial) -> None:
 
     if trial.state == optuna.trial.TrialState.COMPLETE:
         what = f"score {trial.value:.2f}"
+    elif trial.state == optuna.trial.TrialState.FAIL:
+        what = f"({trial.user_attrs.get('error', 'see the trial folder')})"
     else:
         last = max(trial.intermediate_values, default=None)
         what = f"at {last}/{REPORTS} of the budget" if last is not None else ""

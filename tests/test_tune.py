@@ -110,3 +110,14 @@ def test_odetoode_trials_sample_the_output_scale(tmp_path):
     assert best.policy.name == "iso_odetoode" and best.policy.kwargs["output_scale"] in scales
     assert default_space("gated_odetoode")["policy.kwargs.output_scale"]["high"] == 0.5
     assert "policy.kwargs.output_scale" not in default_space("base_ode")
+
+
+def test_a_failing_trial_says_why(tmp_path, capsys):
+    """A space key the policy does not take passes the schema check but fails the trial; the
+    log line of the failed trial names the reason, and the command exits 2."""
+    space = tmp_path / "space.yaml"
+    space.write_text("policy.kwargs.output_scale: {type: float, low: 0.1, high: 0.5}\n")
+    args = ["tune", str(BASE), "--budget", "200", "--out", str(tmp_path / "s"), *_sets()]
+    assert main([*args, "--trials", "1", "--space", str(space)]) == 2
+    out = capsys.readouterr().out
+    assert "trial 0: fail (policy 'linear' got unknown option(s) output_scale" in out
