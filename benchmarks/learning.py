@@ -72,7 +72,11 @@ def report(runs: Path) -> str:
                     status = "finished (files only)"
                 ok = hit is not None and hit[0] <= budget
                 passed += ok
-                steps = f"{hit[0]:,}" if hit else ("not reached" if status.startswith("finished") else "-")
+                steps = (
+                    f"{hit[0]:,}"
+                    if hit
+                    else ("not reached" if status.startswith("finished") else "-")
+                )
                 episodes = f"{hit[1]:,}" if hit else ""
                 last_text = "" if last is None else f"{last:.0f}"
                 lines.append(
