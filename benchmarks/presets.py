@@ -31,6 +31,11 @@ REFERENCE = {
 FRACTION = 1 / 3
 
 
+def passes(env: str, best: float | None) -> bool:
+    """Whether a study's best score reaches the bar of its task."""
+    return best is not None and best >= FRACTION * REFERENCE[env]
+
+
 def summarise(db: Path) -> dict:
     import optuna
 
@@ -70,7 +75,7 @@ def main(argv=None) -> int:
             return 2
         s = summarise(db)
         bar = FRACTION * REFERENCE[env]
-        ok = s["best"] is not None and s["best"] >= bar
+        ok = passes(env, s["best"])
         best = "-" if s["best"] is None else f"{s['best']:.1f} (trial {s['best_trial']})"
         verdict = "shipped" if ok else "not shipped"
         print(

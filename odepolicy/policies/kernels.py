@@ -138,12 +138,13 @@ def _matvec(A, x, y):
 
 
 @njit(cache=True)
-def _axpy_rows(A, i, Acol, B, k, C):
-    """C[i, :] += A[i, k] B[k, :] + ... for k, k+1, ... (8, then 4, then 1 at a time), each
-    C[i, j] still summed in the order k = 0, 1, ... (as `_matvec_t`). `Acol` False reads
-    A[i, k], True reads A[k, i]. Returns the next k."""
+def _axpy_rows(A, i, Acol, B, C):
+    """C[i, :] += sum_k A[i, k] B[k, :], k taken 8 at a time and then one by one, each C[i, j]
+    still summed in the order k = 0, 1, ... (as `_matvec_t`). `Acol` False reads A[i, k],
+    True reads A[k, i]."""
     K = B.shape[0]
     m = B.shape[1]
+    k = 0
     while k + 8 <= K:
         if Acol:
             a0, a1, a2, a3 = A[k, i], A[k + 1, i], A[k + 2, i], A[k + 3, i]
@@ -166,7 +167,6 @@ def _axpy_rows(A, i, Acol, B, k, C):
         for j in range(m):
             C[i, j] += a * B[k, j]
         k += 1
-    return k
 
 
 @njit(cache=True)
@@ -177,7 +177,7 @@ def _matmul(A, B, C):
     for i in range(n):
         for j in range(m):
             C[i, j] = 0.0
-        _axpy_rows(A, i, False, B, 0, C)
+        _axpy_rows(A, i, False, B, C)
 
 
 @njit(cache=True)
@@ -188,7 +188,7 @@ def _matmul_tn(A, B, C):
     for i in range(n):
         for j in range(m):
             C[i, j] = 0.0
-        _axpy_rows(A, i, True, B, 0, C)
+        _axpy_rows(A, i, True, B, C)
 
 
 @njit(cache=True)

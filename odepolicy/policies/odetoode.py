@@ -78,42 +78,31 @@ class ODEtoODE(ODEPolicy):
         c * exp(l): ES can then grow the actions' gain from a small, unsaturated start."""
         return [("log_output_scale", Euclidean(1))] if self.learn_output_scale else []
 
-    def _row_scales(self, p: dict) -> np.ndarray | None:
-        """The output scale of every row, or None for the fixed c. exp is taken row by row in
+    def _out_scale(self, p: dict) -> float | np.ndarray | None:
+        """What multiplies Omega_out: None for the paper's c = 1, the float c, or with
+        `learn_output_scale` the per-row c * exp(l) as [P, 1, 1]. exp is taken row by row in
         Python floats, so a row's scale does not depend on its batch (numpy's vector exp may
         round its loop tail differently)."""
         if not self.learn_output_scale:
-            return None
+            return None if self.output_scale == 1.0 else self.output_scale
         logs = p["log_output_scale"]
         logs = logs.detach().cpu().numpy() if not isinstance(logs, np.ndarray) else logs
-        return np.array([self.output_scale * math.exp(v) for v in logs[:, 0]])
+        return np.array([self.output_scale * math.exp(v) for v in logs[:, 0]])[:, None, None]
 
     def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prepared = super()._prepare_kernels(p)
-        scales = self._row_scales(p)
-        if scales is not None:
-            prepared["omega_out_t"] = prepared["omega_out_t"] * scales[:, None, None]
-        elif self.output_scale != 1.0:
-            prepared["omega_out_t"] = prepared["omega_out_t"] * self.output_scale
+        scale = self._out_scale(p)
+        if scale is not None:
+            prepared["omega_out_t"] = prepared["omega_out_t"] * scale
         return prepared
 
     def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prepared = super()._prepare_torch(p)
-        scales = self._row_scales(p)
-        if scales is not None:
-            s = torch.as_tensor(scales, dtype=prepared["omega_out"].dtype)
-            prepared["omega_out"] = (
-                prepared["omega_out"] * s.to(prepared["omega_out"].device)[:, None, None]
-            )
-        elif self.output_scale != 1.0:
-            prepared["omega_out"] = prepared["omega_out"] * self.output_scale
+        scale = self._out_scale(p)
+        if scale is not None:
+            out = prepared["omega_out"]
+            prepared["omega_out"] = out * torch.as_tensor(scale, dtype=out.dtype, device=out.device)
         return prepared
-
-    def _generator_blocks(self) -> list:
-        raise NotImplementedError
-
-    def _generator(self, t: float, W: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
 
     def _blocks(self) -> list:
         h = self.hidden
