@@ -7,9 +7,19 @@ own `Trainer.iterate` (ask, evaluate, merge statistics, tell) and prints their e
 ratio to bare stepping, the policy's `prepare` and per-step cost at the lockstep batch size, and
 peak resident memory. The sizes are printed side by side.
 
-A constant action is a cheap trajectory, so on the local backend one more iteration measures
-the share of the time spent inside `env.step` itself: the engine's overhead on the very
-trajectories the policy produces.
+A constant action is a cheap trajectory: HalfCheetah driven by zeros lies still, while a
+policy's actions make contacts the physics must solve. So with `--replay` (local backend) the
+timed iterations also record every episode (its reset seed and actions), and fresh environments
+then replay them open loop, batch by batch in lockstep over as many environments: MuJoCo is
+deterministic, so that is bare stepping of exactly the same trajectories in the same order,
+and the ratio of the two rates is the engine's overhead alone (the recording's own cost, about
+a microsecond per step, is charged to the ES iteration). One more iteration measures the share
+of the time spent inside `env.step` itself.
+
+`--config FILE` takes the env, policy, ES settings, horizon, seed and observation
+normalisation from a run config; without `--iterations` it then times the config's whole
+budget of env steps (its `max_env_steps`, else its `iterations`), which is how a shipped
+config is measured as a user would run it.
 """
 
 from __future__ import annotations
@@ -64,37 +74,68 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _bench_population(args, spec, directions: int) -> dict:
-    """Time `args.iterations` real ES iterations with `directions` directions."""
-    from .config import BackendConfig, Config, PolicyConfig
+def _bench_config(args, directions: int):
+    """The Config one population size is timed with: `args.config` with its directions set, or
+    the library defaults for `--env` / `--policy`."""
+    from .config import BackendConfig, Config, PolicyConfig, load_config
     from .es import ESSettings
-    from .rollout import RolloutWorker
-    from .trainer import Trainer
 
+    backend = BackendConfig(args.backend, args.workers, args.address)
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        config.es.directions = directions
+        if args.no_antithetic:
+            config.es.antithetic = False
+        if args.hidden is not None:
+            config.policy.kwargs["hidden"] = args.hidden
+        config.backend = backend
+        return config.validate()
     kwargs = {} if args.hidden is None else {"hidden": args.hidden}
-    config = Config(
+    return Config(
         env=args.env,
         policy=PolicyConfig(args.policy, kwargs),
         es=ESSettings(directions=directions, antithetic=not args.no_antithetic),
         horizon=args.horizon,
-        backend=BackendConfig(args.backend, args.workers, args.address),
+        backend=backend,
     ).validate()
+
+
+def _bench_population(args, spec, directions: int) -> dict:
+    """Time real ES iterations with `directions` directions: `args.iterations` of them, or
+    with `args.iterations` None the config's budget of env steps."""
+    from .rollout import RolloutWorker
+    from .trainer import Trainer
+
+    config = _bench_config(args, directions)
+    horizon = config.horizon
     trainer = Trainer(config, spec=spec)
     population = trainer.es.ask().population
     batch = min(population, RolloutWorker.lockstep)  # envs a worker steps in lockstep
     t_prep, t_step = policy_costs(trainer.policy, trainer.es.center, batch)
+    if args.iterations is not None:
+        done = lambda i, steps: i >= args.iterations  # noqa: E731
+    elif config.max_env_steps is not None:
+        done = lambda i, steps: steps >= config.max_env_steps  # noqa: E731
+    else:
+        done = lambda i, steps: i >= config.iterations  # noqa: E731
     backend = trainer.open_backend()
     try:
         # One short untimed iteration builds the workers' environment pools, as a real run's
         # first iteration does.
         config.horizon = 1
         trainer.iterate()
-        config.horizon = args.horizon
-        steps0, t0 = trainer.counters.env_steps, time.perf_counter()
-        for _ in range(args.iterations):
+        config.horizon = horizon
+        worker = getattr(backend, "worker", None)
+        replay = getattr(args, "replay", False) and worker is not None
+        recorder = _EpisodeRecorder(worker.envs) if replay else None
+        steps0, t0, i = trainer.counters.env_steps, time.perf_counter(), 0
+        while not done(i, trainer.counters.env_steps - steps0):
             trainer.iterate()
+            i += 1
         seconds = time.perf_counter() - t0
         steps = trainer.counters.env_steps - steps0
+        if recorder is not None:
+            recorder.close()
         # One more iteration, with env.step timed (the timer is kept out of the rate above).
         in_env = _time_env_steps(backend)
         t1 = time.perf_counter()
@@ -105,21 +146,97 @@ def _bench_population(args, spec, directions: int) -> dict:
         worker_mem = backend.peak_memory_mb() if hasattr(backend, "peak_memory_mb") else {}
     finally:
         backend.close()
+    replay_rate, replay_steps = (
+        replay_steps_per_second(recorder.batches) if recorder is not None else (None, 0)
+    )
     return {
         "directions": directions,
         "population": population,
         "params": trainer.policy.num_params,
         "batch": batch,
         "prepare_ms": t_prep * 1e3,
-        "prepare_us_per_step": t_prep / batch / args.horizon * 1e6,
+        "prepare_us_per_step": t_prep / batch / horizon * 1e6,
         "step_us_per_env_step": t_step / batch * 1e6,
         "rate": steps / seconds,
         "steps": steps,
+        "iterations": i,
         "seconds": seconds,
         "workers": workers,
         "worker_mem": worker_mem,
         "env_share": share,
+        "replay_rate": replay_rate,
+        "replay_steps": replay_steps,
     }
+
+
+class _EpisodeRecorder:
+    """Records what a local worker's environments run: episodes as (slot, env id, reset seed,
+    actions), slot being the environment's position in the pool, grouped into `batches` (the
+    rows a rollout reset together before stepping them in lockstep)."""
+
+    def __init__(self, envs):
+        self.batches: list[list[tuple[int, str, int | None, list]]] = []
+        self._stepped = True  # a reset after any step opens a new batch
+        self._restore = []
+        for slot, env in enumerate(envs):
+            current = [None]
+
+            def reset(seed=None, _reset=env.reset, _env=env, _slot=slot, _cur=current):
+                if self._stepped:
+                    self.batches.append([])
+                    self._stepped = False
+                _cur[0] = []
+                self.batches[-1].append((_slot, _env.env_id, seed, _cur[0]))
+                return _reset(seed=seed)
+
+            def step(action, _step=env.step, _cur=current):
+                self._stepped = True
+                _cur[0].append(np.array(action, dtype=np.float64))
+                return _step(action)
+
+            self._restore.append((env, env.__dict__.get("reset"), env.__dict__.get("step")))
+            env.reset, env.step = reset, step
+
+    def close(self) -> None:
+        for env, reset, step in self._restore:
+            for name, value in (("reset", reset), ("step", step)):
+                if value is None:
+                    env.__dict__.pop(name, None)
+                else:
+                    setattr(env, name, value)
+
+    @property
+    def episodes(self) -> list:
+        return [episode for batch in self.batches for episode in batch]
+
+
+def replay_steps_per_second(batches: list) -> tuple[float, int]:
+    """(steps/s, steps) of replaying recorded batches open loop, as the rollout ran them: one
+    fresh environment per slot, each batch's rows reset, then stepped in lockstep (so the
+    MuJoCo models are visited in the same order, with the same cache traffic). Resets and
+    steps are timed, as in `bare_steps_per_second`."""
+    from .envs import make_env
+
+    envs, seconds, steps = {}, 0.0, 0
+    for batch in batches:
+        for slot, env_id, _, _ in batch:
+            if (slot, env_id) not in envs:
+                envs[slot, env_id] = make_env(env_id)
+        t0 = time.perf_counter()
+        rows = []
+        for slot, env_id, seed, actions in batch:
+            env = envs[slot, env_id]
+            env.reset(seed=seed)
+            rows.append((env.step, actions, len(actions)))
+        for t in range(max(n for _, _, n in rows)):
+            for step, actions, n in rows:
+                if t < n:
+                    step(actions[t])
+        seconds += time.perf_counter() - t0
+        steps += sum(n for _, _, n in rows)
+    for env in envs.values():
+        env.close()
+    return (steps / seconds if seconds > 0 else float("nan")), steps
 
 
 def _time_env_steps(backend) -> list | None:
@@ -147,20 +264,49 @@ def _time_env_steps(backend) -> list | None:
 
 
 def bench_command(args) -> int:
+    from .config import load_config
     from .envs import env_spec
     from .policies._torch import torch, torch_imported
 
     if torch_imported():  # the CPU kernels never import torch; CUDA policies do, later
         torch.set_num_threads(1)
-    sizes = list(args.perturbations)
-    if min(sizes) < 1 or args.horizon < 1 or args.iterations < 1:
+    if args.config:
+        if args.horizon is not None:
+            raise OdepolicyError("--horizon cannot be combined with --config (the config sets it)")
+        config = load_config(args.config)  # a bad file is a one-line error, exit 2
+        args.env, args.policy, args.horizon = config.env, config.policy.name, config.horizon
+        sizes = list(args.perturbations or [config.es.directions])
+        source = f"config {args.config}, "
+    else:
+        if args.horizon is None:
+            args.horizon = 1000
+        if args.iterations is None:
+            args.iterations = 2
+        sizes = list(args.perturbations or [8, 100])
+        source = ""
+    if min(sizes) < 1 or args.horizon < 1 or (args.iterations is not None and args.iterations < 1):
         raise OdepolicyError("--perturbations, --horizon and --iterations must be positive")
     spec = env_spec(args.env)
-    print(f"env {args.env} (obs {spec.obs_dim}, act {spec.act_dim}); policy {args.policy}")
+    print(f"{source}env {args.env} (obs {spec.obs_dim}, act {spec.act_dim}); policy {args.policy}")
     bare = bare_steps_per_second(args.env, horizon=args.horizon)
-    print(f"bare env stepping, 1 core: {bare:,.0f} steps/s; horizon {args.horizon}")
+    print(
+        f"bare env stepping (constant action), 1 core: {bare:,.0f} steps/s; horizon {args.horizon}"
+    )
     rows = [_bench_population(args, spec, k) for k in sizes]
     label = f"ES iteration ({args.backend})"
+
+    def replay_ratio(r):
+        if r["replay_rate"] is None:
+            return "n/a"
+        return f"{r['rate'] / (r['replay_rate'] * r['workers']):.3f}"
+
+    replay = [
+        (
+            "same trajectories replayed, steps/s",
+            lambda r: "n/a" if r["replay_rate"] is None else f"{r['replay_rate']:,.0f}",
+        ),
+        ("ratio to replay x workers", replay_ratio),
+    ]
     table = [
         ("directions", lambda r: f"{r['directions']}"),
         ("population", lambda r: f"{r['population']}"),
@@ -169,9 +315,12 @@ def bench_command(args) -> int:
         ("prepare, ms per batch", lambda r: f"{r['prepare_ms']:.2f}"),
         ("prepare, us per env step", lambda r: f"{r['prepare_us_per_step']:.2f}"),
         ("policy step, us per env step", lambda r: f"{r['step_us_per_env_step']:.2f}"),
+        ("timed iterations", lambda r: f"{r['iterations']}"),
+        ("timed env steps", lambda r: f"{r['steps']:,}"),
         (f"{label}, steps/s", lambda r: f"{r['rate']:,.0f}"),
         ("workers", lambda r: f"{r['workers']}"),
         ("ratio to bare x workers", lambda r: f"{r['rate'] / (bare * r['workers']):.3f}"),
+        *(replay if args.replay else []),
         (
             "share of time inside env.step",
             lambda r: "n/a" if r["env_share"] is None else f"{r['env_share']:.3f}",
@@ -180,7 +329,8 @@ def bench_command(args) -> int:
     width = max(len(name) for name, _ in table)
     for name, cell in table:
         print(f"{name:<{width}}  " + "  ".join(f"{cell(r):>12}" for r in rows))
-    print(f"peak memory, driver: {_peak_mb():.0f} MB")
+    replayed = " (includes the recording and the replay's environments)" if args.replay else ""
+    print(f"peak memory, driver{replayed}: {_peak_mb():.0f} MB")
     for name, mb in rows[-1]["worker_mem"].items():
         print(f"peak memory, {name}: {mb:.0f} MB")
     return 0

@@ -10,9 +10,16 @@ import argparse
 import os
 import sys
 
-from . import OdepolicyError, __version__
-from .config import BACKENDS
-from .plotting import BANDS, X_AXES
+# One BLAS / OpenMP thread unless the user chose otherwise, set before numpy loads its BLAS:
+# parallelism comes from processes (DESIGN principle 4). The driver's BLAS work is tiny (the
+# ES update's 16 x 16 exponentials), and a multi-threaded BLAS spinning up threads for it on
+# busy cores cost 3.5-7.8 ms per scipy.linalg.expm here, against 15 us on one thread.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from . import OdepolicyError, __version__  # noqa: E402
+from .config import BACKENDS  # noqa: E402
+from .plotting import BANDS, X_AXES  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -173,8 +180,16 @@ def _add_bench(sub) -> None:
         "bench",
         help="measure ES throughput against bare environment stepping",
         description="Print bare env steps/s (constant action) and, for each population size side "
-        "by side, ES-iteration env steps/s (the trainer's own iteration), their ratio, the "
-        "policy's prepare and per-step cost, and peak memory.",
+        "by side, ES-iteration env steps/s (the trainer's own iteration), their ratio to bare "
+        "stepping (and with --replay to an open-loop replay of the very same episodes), the "
+        "share of time inside env.step, the policy's prepare and per-step cost, and peak "
+        "memory.",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="take env, policy, ES settings, horizon and seed from this run config; without "
+        "--iterations, time its whole env-step budget",
     )
     p.add_argument("--env", default="HalfCheetah-v5", help="env id (default HalfCheetah-v5)")
     p.add_argument("--policy", default="iso_odetoode", help="policy name (default iso_odetoode)")
@@ -182,13 +197,28 @@ def _add_bench(sub) -> None:
         "--perturbations",
         type=int,
         nargs="+",
-        default=[8, 100],
+        default=None,
         metavar="K",
-        help="ES directions per iteration; several sizes are run side by side (default: 8 100)",
+        help="ES directions per iteration; several sizes are run side by side (default: 8 100, "
+        "or the config's directions)",
     )
     p.add_argument("--no-antithetic", action="store_true", help="one-sided sampling")
-    p.add_argument("--horizon", type=int, default=1000, help="episode steps (default 1000)")
-    p.add_argument("--iterations", type=int, default=2, help="ES iterations to time (default 2)")
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="also record the timed episodes and replay them open loop (same seeds and actions, "
+        "in lockstep over as many environments): the ratio to bare stepping of the very same "
+        "trajectories (local backend; adds the recording to the peak memory)",
+    )
+    p.add_argument(
+        "--horizon", type=int, default=None, help="episode steps (default 1000; not with --config)"
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="ES iterations to time (default 2; with --config, the config's budget)",
+    )
     p.add_argument("--hidden", type=int, default=None, help="policy hidden size")
     p.add_argument("--backend", choices=list(BACKENDS), default="local", help="default local")
     p.add_argument("--workers", type=int, default=1, help="Ray rollout actors")

@@ -171,7 +171,7 @@ def test_bench_prints_both_sizes_and_the_share_inside_env_step(capsys):
     argv = ["bench", "--env", "InvertedPendulum-v5", "--policy", "linear"]
     assert main([*argv, "--perturbations", "2", "4", "--horizon", "50", "--iterations", "1"]) == 0
     out = capsys.readouterr().out
-    rows = {line[:32].strip(): line[32:].split() for line in out.splitlines()}
+    rows = {line[:36].strip(): line[36:].split() for line in out.splitlines()}
     assert rows["directions"] == ["2", "4"]
     rates = [float(v.replace(",", "")) for v in rows["ES iteration (local), steps/s"]]
     shares = [float(v) for v in rows["share of time inside env.step"]]
@@ -190,9 +190,60 @@ def test_bench_rate_counts_only_the_timed_iterations():
 
     args = argparse.Namespace(
         env="HalfCheetah-v5", policy="linear", hidden=None, no_antithetic=False,
-        horizon=5, backend="local", workers=1, address=None, iterations=2,
+        horizon=5, backend="local", workers=1, address=None, iterations=2, replay=True,
     )  # fmt: skip
     r = _bench_population(args, env_spec(args.env), 3)
     assert r["population"] == 6
     assert r["steps"] == 6 * 5 * 2
     assert 0.0 < r["env_share"] < 1.0
+    assert r["replay_steps"] == r["steps"]  # the replay steps exactly the timed episodes
+    assert r["replay_rate"] > 0
+
+
+def test_bench_replay_reproduces_the_recorded_episodes():
+    """The bench's denominator is an open-loop replay of the recorded episodes: with the same
+    reset seeds and actions, MuJoCo must give back each episode's return bit for bit."""
+    from odepolicy.bench import _EpisodeRecorder
+    from odepolicy.envs import make_env
+    from odepolicy.policies import policy_for_env
+    from odepolicy.rollout import evaluate_population
+
+    envs = [make_env("Hopper-v5") for _ in range(4)]  # terminates: episodes of varied length
+    policy = policy_for_env(envs[0].spec, {"name": "iso_odetoode"})
+    rng = np.random.default_rng(3)
+    thetas = policy.init(rng)[None, :] + 0.3 * rng.standard_normal((4, policy.num_params))
+    recorder = _EpisodeRecorder(envs)
+    result = evaluate_population(policy, thetas, envs, [11, 12, 13, 14], horizon=200)
+    recorder.close()
+    assert "step" not in envs[0].__dict__ and "reset" not in envs[0].__dict__  # unwrapped
+    assert len(recorder.batches) == 1  # reset together, then stepped in lockstep
+    assert [slot for slot, _, _, _ in recorder.episodes] == [0, 1, 2, 3]
+    assert [seed for _, _, seed, _ in recorder.episodes] == [11, 12, 13, 14]
+    assert [len(a) for _, _, _, a in recorder.episodes] == list(result.lengths)
+    assert min(result.lengths) < 200  # at least one episode ended early
+    replay = make_env("Hopper-v5")
+    for (_, env_id, seed, actions), ret in zip(recorder.episodes, result.returns):
+        assert env_id == "Hopper-v5"
+        replay.reset(seed=seed)
+        total = 0.0
+        for a in actions:
+            total += replay.step(a)[1]
+        assert total == ret
+
+
+def test_bench_times_a_config_and_refuses_a_horizon_with_it(tmp_path, capsys):
+    """`--config` takes env, policy and directions from the file and, without --iterations,
+    times its whole env-step budget; --horizon with it is a one-line error, exit 2."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "env: InvertedPendulum-v5\npolicy: {name: linear}\nes: {directions: 3}\n"
+        "horizon: 40\niterations: 50\nmax_env_steps: 400\n"
+    )
+    assert main(["bench", "--config", str(cfg), "--replay"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:36].strip(): line[36:].split() for line in out.splitlines()}
+    assert rows["directions"] == ["3"]
+    assert int(rows["timed env steps"][0].replace(",", "")) >= 400
+    assert 0.0 < float(rows["ratio to replay x workers"][0]) < 1.5
+    assert main(["bench", "--config", str(cfg), "--horizon", "10"]) == 2
+    assert "--horizon cannot be combined with --config" in capsys.readouterr().err
