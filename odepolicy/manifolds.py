@@ -13,6 +13,8 @@ never reach most of the wide Stiefel manifold.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 
@@ -28,7 +30,7 @@ class Manifold:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)  # not np.prod: 3 us a call, on every block, every iteration
 
     def random(self, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError

@@ -76,3 +76,35 @@ def test_a_raising_env_or_nonfinite_parameters_fail_only_their_row():
     assert not res.failed[0] and np.isfinite(res.returns[0]) and res.lengths[0] >= 3
     assert res.failed[1] and "simulator exploded" in res.reasons[1] and np.isnan(res.returns[1])
     assert res.failed[2] and "non-finite action" in res.reasons[2]
+
+
+def test_lockstep_kernels_match_the_numpy_they_replace():
+    """`_rollout_kernels.observe` is bit for bit the numpy it replaced (statistics, normalise,
+    clip; NaN passes through), and the finiteness checks catch NaN and inf anywhere."""
+    from odepolicy import _rollout_kernels as rk
+
+    rng = np.random.default_rng(7)
+    cur = rng.standard_normal((5, 11)) * 3.0
+    cur[2, 4] = np.nan
+    mean, std = rng.standard_normal(11), 0.5 + rng.random(11)
+    for clip in (None, 1.3):
+        s0, q0 = rng.standard_normal((5, 11)), rng.standard_normal((5, 11))
+        ref_sum, ref_sq = s0 + cur, q0 + cur * cur
+        ref_z = (cur - mean) / std
+        if clip is not None:
+            ref_z = np.clip(ref_z, -clip, clip)
+        s, q, z = s0.copy(), q0.copy(), np.empty_like(cur)
+        rk.observe(cur, mean, std, -1.0 if clip is None else clip, s, q, z)
+        for got, want in ((s, ref_sum), (q, ref_sq), (z, ref_z)):
+            assert got.tobytes() == want.tobytes()
+    assert np.isnan(z[2, 4]) and np.abs(z[np.isfinite(z)]).max() == 1.3
+    ok = rng.standard_normal((3, 4))
+    assert rk.all_finite(ok) and rk.rows_finite(np.zeros(3), ok)
+    for bad in (np.nan, np.inf, -np.inf):
+        a = ok.copy()
+        a[2, 3] = bad
+        r = np.zeros(3)
+        r[1] = bad
+        assert not rk.all_finite(a)
+        assert not rk.rows_finite(np.zeros(3), a)
+        assert not rk.rows_finite(r, ok)
