@@ -66,6 +66,11 @@ _SPACES = {
         **_COMMON,
         "policy.kwargs.output_scale": {"type": "float", "low": 0.05, "high": 0.5, "log": True},
     },
+    # 1/25 (an Euler step over the 25 layers) up to the paper's 1: see DeepResNet's docstring.
+    "resnet": {
+        **_COMMON,
+        "policy.kwargs.residual_scale": {"type": "float", "low": 0.02, "high": 1.0, "log": True},
+    },
 }
 _FAMILY = {
     "linear": "linear",
@@ -75,7 +80,7 @@ _FAMILY = {
     "nanode": "ode",
     "hypernet": "ode",
     "deepnet": "deep",
-    "deep_resnet": "deep",
+    "deep_resnet": "resnet",
 }
 
 

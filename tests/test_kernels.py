@@ -83,6 +83,7 @@ def test_kernels_match_torch_reference(name, P, seed):
         ("nanode", {"activation": "tanh", "degree": 2}),
         ("hypernet", {"activation": "relu"}),
         ("deep_resnet", {"activation": "tanh", "layers": 3}),
+        ("deep_resnet", {"residual_scale": 0.04}),
         ("base_ode", {"width": 5, "T": 0.5, "eta": 0.1}),
         ("iso_odetoode", {"hidden": 5, "T": 0.3, "eta": 0.1}),
     ],

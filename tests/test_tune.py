@@ -110,6 +110,9 @@ def test_odetoode_trials_sample_the_output_scale(tmp_path):
     assert best.policy.name == "iso_odetoode" and best.policy.kwargs["output_scale"] in scales
     assert default_space("gated_odetoode")["policy.kwargs.output_scale"]["high"] == 0.5
     assert "policy.kwargs.output_scale" not in default_space("base_ode")
+    resnet = default_space("deep_resnet")["policy.kwargs.residual_scale"]
+    assert (resnet["low"], resnet["high"]) == (0.02, 1.0)
+    assert "policy.kwargs.residual_scale" not in default_space("deepnet")
 
 
 def test_a_failing_trial_says_why(tmp_path, capsys):

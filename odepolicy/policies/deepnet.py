@@ -3,7 +3,8 @@
 
 * DeepNet: z_1 = tanh(W_1 s + b_1), z_l = tanh(W_l z_{l-1} + b_l), a = W_out z_L + b_out.
   Init: weights ~ N(0, 1/fan_in), biases zero.
-* DeepResNet: x_0 = Omega_in s, x_l = x_{l-1} + f(W_l x_{l-1} + b_l), a = Omega_out x_L.
+* DeepResNet: x_0 = Omega_in s, x_l = x_{l-1} + c f(W_l x_{l-1} + b_l), a = Omega_out x_L,
+  with c = `residual_scale` (default 1, the paper's form).
   With f = |.| every residual adds a non-negative vector, so N(0, 1/h) weights would grow x
   by up to (1 + 2)^25; the residual weights start at N(0, 1/(h L^2)) (spectral norm ~ 2/L),
   which bounds the growth by about e^2. Projections ~ N(0, 1/fan_in), biases zero.
@@ -22,7 +23,7 @@ import numpy as np
 from ..manifolds import Euclidean
 from . import kernels
 from ._torch import torch
-from .base import Policy, _positive_int, activation, contiguous, matvec, transposed
+from .base import Policy, _positive_float, _positive_int, activation, contiguous, matvec, transposed
 
 __all__ = ["DeepNet", "DeepResNet"]
 
@@ -76,13 +77,28 @@ class DeepNet(_Deep):
 
 
 class DeepResNet(_Deep):
+    """x_0 = Omega_in s, x_l = x_{l-1} + c f(W_l x_{l-1} + b_l), a = Omega_out x_L.
+
+    `residual_scale` c (default 1, the paper's form) scales every residual branch. With c = 1
+    and f = |.| an ES perturbation of the 25 biases adds sigma |eps_l| to x in every layer, the
+    same for both halves of an antithetic pair: the actions drift by O(25 sigma) whatever the
+    direction, InvertedPendulum falls in 2-3 steps for every perturbation and the returns carry
+    no signal (benchmarks/learning.md). c ~ 1/L, as in an Euler step or a Fixup-style ResNet,
+    keeps a perturbation's effect at O(sigma)."""
+
     name: ClassVar[str] = "deep_resnet"
-    defaults: ClassVar[dict[str, Any]] = {**_Deep.defaults, "activation": "abs"}
+    defaults: ClassVar[dict[str, Any]] = {
+        **_Deep.defaults,
+        "activation": "abs",
+        "residual_scale": 1.0,
+    }
 
     def _configure(self) -> None:
         super()._configure()
         self.f = activation(self.name, self.kwargs["activation"])
         self._code = kernels.ACTIVATION_CODES[self.kwargs["activation"]]
+        c = _positive_float(self.name, "residual_scale", self.kwargs["residual_scale"])
+        self.residual_scale = self.kwargs["residual_scale"] = c
 
     def _blocks(self) -> list:
         h, L = self.hidden, self.layers
@@ -108,10 +124,12 @@ class DeepResNet(_Deep):
             self._code,
             self._low,
             self._high,
+            self.residual_scale,
         )
 
     def _step_torch(self, p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
         x = matvec(p["omega_in"], s)
+        c = self.residual_scale
         for l in range(self.layers):
-            x = x + self.f(matvec(p["W"][:, l], x) + p["b"][:, l])
+            x = x + c * self.f(matvec(p["W"][:, l], x) + p["b"][:, l])
         return matvec(p["omega_out"], x)

@@ -569,8 +569,9 @@ def deepnet_step(w_in_t, b_in, W_t, b, w_out_t, b_out, obs, low, high):
 
 
 @njit(cache=True)
-def deep_resnet_step(omega_in_t, W_t, b, omega_out_t, obs, code, low, high):
-    """DeepResNet: x_0 = Omega_in s, x_l = x_{l-1} + f(W_l x_{l-1} + b_l), a = Omega_out x_L."""
+def deep_resnet_step(omega_in_t, W_t, b, omega_out_t, obs, code, low, high, scale):
+    """DeepResNet: x_0 = Omega_in s, x_l = x_{l-1} + scale f(W_l x_{l-1} + b_l),
+    a = Omega_out x_L. (scale 1.0 multiplies exactly: the paper's form, bit for bit.)"""
     P = obs.shape[0]
     h = b.shape[2]
     out = np.empty((P, omega_out_t.shape[2]))
@@ -583,7 +584,7 @@ def deep_resnet_step(omega_in_t, W_t, b, omega_out_t, obs, code, low, high):
                 y[i] += b[p, l, i]
             _activate(y, code)
             for i in range(h):
-                x[i] += y[i]
+                x[i] += scale * y[i]
         _matvec_t(omega_out_t[p], x, out[p])
         _clip_row(out[p], low, high)
     return out
