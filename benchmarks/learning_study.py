@@ -122,7 +122,9 @@ def main(argv=None) -> int:
         row = envs.index(env)
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
         print(f"\n## {env} {policy}: {len(study.trials)} trials, {len(done)} complete")
-        cols = (*KEYS, "es.shaping")
+        # the common keys, then whatever else this study searched (shaping, a policy's own knob)
+        extra = sorted({k for t in study.trials for k in t.params} - set(KEYS))
+        cols = (*KEYS, *extra)
         print("| trial | state | score | " + " | ".join(cols) + " |")
         print("|---:|---|---:|" + "---:|" * len(cols))
         for t in study.trials:
