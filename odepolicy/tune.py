@@ -163,6 +163,7 @@ class _PruningLogger(Logger):
         value = row.get("eval_return_mean", math.nan)
         if not math.isnan(value):
             self.evals.append(float(value))
+        self.trial.set_user_attr("iterations", int(row["iteration"]))  # for best.yaml
         # Tenths 1..9 only: a trial that spent its whole budget completes with its score.
         tenth = min(REPORTS - 1, int(REPORTS * row["env_steps"] / self.budget))
         if tenth > self.reported and self.evals:
@@ -253,9 +254,14 @@ def tune(
         raise OdepolicyError(f"no trial of the study in {out} completed")
     best = study.best_trial
     best_config = config_from_dict(base, best.user_attrs["overrides"])
-    # The trial ran until its env-step budget; say how many iterations that took.
-    counters = RunDir(out / f"trial_{best.number:04d}").checkpoint_counters() or {}
-    best_config.iterations = max(1, int(counters.get("iteration", config.iterations)))
+    # The trial ran until its env-step budget; say how many iterations that took. The study
+    # records it, so this holds when the trial's folder is gone (a study continued elsewhere);
+    # trials from before that record fall back to their folder, then to the base config.
+    iterations = best.user_attrs.get("iterations")
+    if iterations is None:
+        counters = RunDir(out / f"trial_{best.number:04d}").checkpoint_counters() or {}
+        iterations = counters.get("iteration", config.iterations)
+    best_config.iterations = max(1, int(iterations))
     command = f"odepolicy tune {config_path} --trials {trials} --budget {budget}"
     command += f" --space {space_path}" if space_path else ""
     command += "".join(f" --set {o}" for o in overrides or [])

@@ -1,6 +1,7 @@
 """`odepolicy tune`: a real Optuna study in SQLite over real (tiny) training runs."""
 
 import hashlib
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -54,6 +55,20 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
     assert main([*args, "--trials", "5"]) == 0
     assert [n for n, _ in _trials(db)] == [0, 1, 2, 3, 4]
     assert "3 trials done, 2 to run" in capsys.readouterr().out
+    # Continued elsewhere, from its SQLite file alone (no trial folders), the study still writes
+    # the best trial's own iteration count, not the base config's.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copyfile(db, moved / "study.sqlite3")
+    assert (
+        main(["tune", str(BASE), "--budget", "600", "--out", str(moved), *_sets(), "--trials", "5"])
+        == 0
+    )
+    iterations = load_config(out / "best.yaml").iterations
+    assert load_config(moved / "best.yaml").iterations == iterations
+    assert (
+        iterations < load_config(BASE).iterations
+    )  # 600 env steps, not the base's 1000 iterations
 
 
 @pytest.mark.parametrize(
