@@ -244,6 +244,13 @@ def _add_tune(sub) -> None:
     )
     p.add_argument("--out", help="study folder (default: runs/tune/<config name>)")
     _add_set_option(p, "override a key for every trial (e.g. backend.name=ray)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs per trial, with the config's seed and the next ones; the trial's score is "
+        "their median (default 1; a study keeps the number it started with)",
+    )
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
 

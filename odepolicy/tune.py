@@ -7,9 +7,11 @@ trials already there count towards N). Each trial is an ordinary run folder `OUT
 trained from CONFIG with the sampled settings and `max_env_steps = budget`; it reports its
 centre-policy evaluations to Optuna at tenths of the budget and is pruned there by a median
 pruner when it trails the others. A trial's value is the mean of its last three evaluation
-returns (one lucky evaluation does not win). At the end the best trials are printed and the best
-config is written to `OUT/best.yaml`, ready for `odepolicy train`, with a header that states the
-procedure that found it.
+returns (one lucky evaluation does not win); with `--seeds N` each trial trains seeds s..s+N-1
+(s the config's seed) one after another as `OUT/trial_NNNN_sS`, is pruned on the first seed's
+curve, and scores the median of the per-seed values. At the end the best trials are printed
+and the best config is written to `OUT/best.yaml`, ready for `odepolicy train`, with a header
+that states the procedure that found it.
 
 A search space is a YAML mapping from dotted config keys to distributions:
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from . import OdepolicyError
@@ -152,8 +155,8 @@ def _suggest(trial, space: dict) -> list[str]:
 class _PruningLogger(Logger):
     """Reports the latest evaluation at each tenth of the budget; raises when pruned."""
 
-    def __init__(self, trial, budget: int):
-        self.trial, self.budget = trial, budget
+    def __init__(self, trial, budget: int, report: bool = True):
+        self.trial, self.budget, self.report = trial, budget, report
         self.reported = 0
         self.evals: list[float] = []
 
@@ -164,6 +167,8 @@ class _PruningLogger(Logger):
         if not math.isnan(value):
             self.evals.append(float(value))
         self.trial.set_user_attr("iterations", int(row["iteration"]))  # for best.yaml
+        if not self.report:
+            return
         # Tenths 1..9 only: a trial that spent its whole budget completes with its score.
         tenth = min(REPORTS - 1, int(REPORTS * row["env_steps"] / self.budget))
         if tenth > self.reported and self.evals:
@@ -173,32 +178,54 @@ class _PruningLogger(Logger):
                 raise optuna.TrialPruned(f"pruned at {tenth}/{REPORTS} of the budget")
 
 
-def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str]):
+def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str], seeds: int):
     def objective(trial) -> float:
         sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}", "iterations=1000000000"]
-        config = config_from_dict(base, sets)
         trial.set_user_attr("overrides", sets)
-        name = f"trial_{trial.number:04d}"
-        logger = _PruningLogger(trial, budget)
-        try:
-            train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
-        except OdepolicyError as exc:  # Optuna records the failure; keep its reason for the log
-            trial.set_user_attr("error", str(exc))
-            raise
-        evals = logger.evals  # every evaluation the run logged, in order
-        if not evals:
-            raise OdepolicyError(f"trial {trial.number} logged no evaluation")
-        return float(sum(evals[-LAST_EVALS:]) / len(evals[-LAST_EVALS:]))
+        scores = []
+        for k in range(seeds):
+            # One seed: `trial_NNNN`. Several: `trial_NNNN_sS`, one after another; only the
+            # first seed's curve is reported to the pruner.
+            config = config_from_dict(base, sets)
+            config.seed += k
+            name = f"trial_{trial.number:04d}" + (f"_s{config.seed}" if seeds > 1 else "")
+            logger = _PruningLogger(trial, budget, report=(k == 0))
+            try:
+                train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
+            except OdepolicyError as exc:  # Optuna records the failure; keep its reason
+                trial.set_user_attr("error", str(exc))
+                raise
+            evals = logger.evals  # every evaluation the run logged, in order
+            if not evals:
+                raise OdepolicyError(f"trial {trial.number} logged no evaluation")
+            scores.append(float(sum(evals[-LAST_EVALS:]) / len(evals[-LAST_EVALS:])))
+        if seeds > 1:
+            trial.set_user_attr("seed_scores", scores)
+        return float(np.median(scores))
 
     return objective
 
 
-def _header(command: str, budget: int, config: Config, space: dict, best, trials: int) -> str:
+def _header(
+    command: str, budget: int, config: Config, space: dict, best, trials: int, seeds: int = 1
+) -> str:
+    if seeds == 1:
+        runs = [
+            "Optuna TPE over the space below, median pruning at tenths of the budget, each trial",
+            f"one run with seed {config.seed} of {budget:,} env steps, scored by the mean of its "
+            f"last {LAST_EVALS} evaluations.",
+        ]
+    else:
+        runs = [
+            "Optuna TPE over the space below, median pruning at tenths of the budget (on the",
+            f"first seed's curve), each trial {seeds} runs with seeds {config.seed}-"
+            f"{config.seed + seeds - 1} of {budget:,} env steps,",
+            f"scored by the median over seeds of the mean of each run's last {LAST_EVALS} "
+            "evaluations.",
+        ]
     lines = [
         f"Found by `{command}`:",
-        "Optuna TPE over the space below, median pruning at tenths of the budget, each trial",
-        f"one run with seed {config.seed} of {budget:,} env steps, scored by the mean of its "
-        f"last {LAST_EVALS} evaluations.",
+        *runs,
         f"Best of {trials} trials: trial {best.number}, score {best.value:.2f}.",
         "Space:",
         *(f"  {k}: {_yaml(v)}" for k, v in space.items()),
@@ -215,11 +242,12 @@ def tune(
     overrides: list[str] | None = None,
     sampler_seed: int = 0,
     quiet: bool = False,
+    seeds: int = 1,
 ) -> dict:
     import optuna
 
-    if trials < 1 or budget < 1:
-        raise OdepolicyError("--trials and --budget must be positive")
+    if trials < 1 or budget < 1 or seeds < 1:
+        raise OdepolicyError("--trials, --budget and --seeds must be positive")
     base = read_yaml(config_path)
     config: Config = config_from_dict(base, overrides)  # the base config must be valid itself
     space = load_space(space_path, base, config.policy.name)
@@ -234,6 +262,14 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
     )
+    # Scores over different numbers of seeds are not comparable: a study keeps its own.
+    held = study.user_attrs.get("seeds", 1 if study.trials else None)
+    if held is not None and held != seeds:
+        raise OdepolicyError(
+            f"the study in {out} scores trials over {held} seed(s); run it with --seeds {held} "
+            "or use another --out"
+        )
+    study.set_user_attr("seeds", seeds)
     # A trial left RUNNING was interrupted (the process stopped): close it as failed so the
     # study's counts stay true. One tune process per study folder is assumed.
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -245,7 +281,7 @@ def tune(
     todo = max(0, trials - len(done))
     if not quiet:
         print(f"[tune] {out / STUDY_FILE}: {len(done)} trials done, {todo} to run", flush=True)
-    objective = _objective(base, space, budget, out, list(overrides or []))
+    objective = _objective(base, space, budget, out, list(overrides or []), seeds)
     callbacks = [] if quiet else [_print_trial]
     if todo:
         study.optimize(objective, n_trials=todo, callbacks=callbacks, catch=(OdepolicyError,))
@@ -263,10 +299,11 @@ def tune(
         iterations = counters.get("iteration", config.iterations)
     best_config.iterations = max(1, int(iterations))
     command = f"odepolicy tune {config_path} --trials {trials} --budget {budget}"
+    command += f" --seeds {seeds}" if seeds > 1 else ""
     command += f" --space {space_path}" if space_path else ""
     command += "".join(f" --set {o}" for o in overrides or [])
     finished = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
-    text = _header(command, budget, config, space, best, len(finished))
+    text = _header(command, budget, config, space, best, len(finished), seeds)
     (out / "best.yaml").write_text(text + dump_config(best_config))
     ranked = sorted(complete, key=lambda t: t.value, reverse=True)
     return {"out": str(out), "best": best, "ranked": ranked, "trials": len(study.trials)}
@@ -295,6 +332,7 @@ def tune_command(args) -> int:
         args.overrides,
         args.sampler_seed,
         args.quiet,
+        args.seeds,
     )
     print(f"{result['trials']} trials in {result['out']}; best:")
     for t in result["ranked"][:5]:

@@ -139,3 +139,35 @@ def test_a_failing_trial_says_why(tmp_path, capsys):
     assert main([*args, "--trials", "1", "--space", str(space)]) == 2
     out = capsys.readouterr().out
     assert "trial 0: fail (policy 'linear' got unknown option(s) output_scale" in out
+
+
+def test_seeds_score_the_median_of_per_seed_runs_and_a_study_keeps_its_count(tmp_path, capsys):
+    """--seeds 3: each trial trains seeds 0, 1, 2 as trial_NNNN_sS, and its value is the median
+    of the three runs' own scores (mean of their last 3 evaluations, from their progress.csv).
+    The study then refuses another seed count (exit 2) without changing its file."""
+    import statistics
+
+    import optuna
+
+    out = tmp_path / "study"
+    args = ["tune", str(BASE), "--budget", "300", "--out", str(out), *_sets()]
+    assert main([*args, "--trials", "2", "--seeds", "3", "--quiet"]) == 0
+    study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{out / 'study.sqlite3'}")
+    assert study.user_attrs["seeds"] == 3
+    for t in study.trials:
+        assert t.state.name == "COMPLETE"
+        scores = []
+        for seed in (0, 1, 2):
+            run = RunDir(out / f"trial_{t.number:04d}_s{seed}")
+            assert run.read_config().seed == seed
+            evals = [float(r["eval_return_mean"]) for r in run.progress.read()]
+            evals = [e for e in evals if e == e][-3:]
+            scores.append(sum(evals) / len(evals))
+        assert t.user_attrs["seed_scores"] == scores
+        assert t.value == statistics.median(scores)
+    assert len(set(map(tuple, (t.user_attrs["seed_scores"] for t in study.trials)))) == 2
+    assert "median over seeds" in (out / "best.yaml").read_text()
+    before = _digest(out / "study.sqlite3")
+    assert main([*args, "--trials", "3"]) == 2
+    assert "scores trials over 3 seed(s)" in capsys.readouterr().err
+    assert _digest(out / "study.sqlite3") == before
