@@ -159,6 +159,7 @@ class _PruningLogger(Logger):
         self.trial, self.budget, self.report = trial, budget, report
         self.reported = 0
         self.evals: list[float] = []
+        self.iterations = 0  # the last logged iteration
 
     def log(self, row: dict) -> None:
         import optuna
@@ -166,7 +167,7 @@ class _PruningLogger(Logger):
         value = row.get("eval_return_mean", math.nan)
         if not math.isnan(value):
             self.evals.append(float(value))
-        self.trial.set_user_attr("iterations", int(row["iteration"]))  # for best.yaml
+        self.iterations = int(row["iteration"])
         if not self.report:
             return
         # Tenths 1..9 only: a trial that spent its whole budget completes with its score.
@@ -195,6 +196,8 @@ def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str]
             except OdepolicyError as exc:  # Optuna records the failure; keep its reason
                 trial.set_user_attr("error", str(exc))
                 raise
+            if k == 0:  # the iteration count best.yaml states, once the run is complete
+                trial.set_user_attr("iterations", logger.iterations)
             evals = logger.evals  # every evaluation the run logged, in order
             if not evals:
                 raise OdepolicyError(f"trial {trial.number} logged no evaluation")

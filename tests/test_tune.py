@@ -66,6 +66,11 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
     )
     iterations = load_config(out / "best.yaml").iterations
     assert load_config(moved / "best.yaml").iterations == iterations
+    import optuna
+
+    best = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{db}").best_trial
+    counters = RunDir(out / f"trial_{best.number:04d}").checkpoint_counters()
+    assert counters["iteration"] == iterations  # what the run itself did
     assert (
         iterations < load_config(BASE).iterations
     )  # 600 env steps, not the base's 1000 iterations
