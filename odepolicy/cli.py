@@ -231,8 +231,9 @@ def _add_tune(sub) -> None:
         help="search ES settings with Optuna (resumable study in SQLite)",
         description="Hyperparameter search: each trial trains CONFIG with sampled settings for "
         "--budget env steps as an ordinary run folder under --out; trials trailing the median "
-        "are pruned. The study is OUT/study.sqlite3, so re-running continues it. Writes the best "
-        "config to OUT/best.yaml.",
+        "are pruned. The study is OUT/study.sqlite3, so re-running continues it, and several "
+        "tune processes can work on one study at once (start each with the same command; they "
+        "stop together at --trials). Writes the best config to OUT/best.yaml.",
     )
     p.add_argument("config", help="base YAML config (its seed is the tuning seed)")
     p.add_argument("--trials", type=int, required=True, help="trials the study should hold")

@@ -13,6 +13,12 @@ curve, and scores the median of the per-seed values. At the end the best trials 
 and the best config is written to `OUT/best.yaml`, ready for `odepolicy train`, with a header
 that states the procedure that found it.
 
+Several tune processes can work on one study at once (the same command started once per
+core): every running trial records a heartbeat in the study, a process leaves the trials with a
+fresh heartbeat to their owners, and each process stops once the study holds N trials,
+counting those running elsewhere. A trial whose heartbeat is older than GRACE_S (its process
+was killed) is closed as failed and replaced.
+
 A search space is a YAML mapping from dotted config keys to distributions:
 
     es.sigma: {type: float, low: 0.005, high: 0.1, log: true}
@@ -25,7 +31,10 @@ checked against the config schema before the study is opened, so a bad file chan
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +50,8 @@ __all__ = ["default_space", "load_space", "tune", "tune_command", "DISTRIBUTIONS
 
 DISTRIBUTIONS = ("float", "int", "categorical")
 STUDY_FILE = "study.sqlite3"
+HEARTBEAT_S = 20  # a running trial records a heartbeat this often
+GRACE_S = 120  # a running trial without a heartbeat for this long was interrupted
 STUDY_NAME = "odepolicy"
 REPORTS = 10  # the budget is reported to the pruner in tenths
 LAST_EVALS = 3
@@ -236,6 +247,22 @@ def _header(
     return "".join(f"# {line}\n" for line in lines)
 
 
+def _without_experimental_warnings(fn):
+    """Run fn with Optuna's ExperimentalWarning silenced: the study's heartbeats are an
+    experimental Optuna feature, and the warning tells a user of `tune` nothing."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_without_experimental_warnings
 def tune(
     config_path: str | Path,
     trials: int,
@@ -247,6 +274,7 @@ def tune(
     quiet: bool = False,
     seeds: int = 1,
 ) -> dict:
+    """Run (or continue) the study in OUT; see the module docstring."""
     import optuna
 
     if trials < 1 or budget < 1 or seeds < 1:
@@ -257,13 +285,14 @@ def tune(
     out = Path(out or Path("runs") / "tune" / Path(config_path).stem)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Every running trial writes a heartbeat, so several tune processes can share one study:
+    # a trial whose heartbeat is fresh belongs to a live process; one whose heartbeat is older
+    # than GRACE_S was interrupted, and Optuna closes it as failed before each new trial.
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{out / STUDY_FILE}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+    )
     study = optuna.create_study(
-        study_name=STUDY_NAME,
-        storage=f"sqlite:///{out / STUDY_FILE}",
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
+        study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
     )
     # Scores over different numbers of seeds are not comparable: a study keeps its own.
     held = study.user_attrs.get("seeds", 1 if study.trials else None)
@@ -273,21 +302,31 @@ def tune(
             "or use another --out"
         )
     study.set_user_attr("seeds", seeds)
-    # A trial left RUNNING was interrupted (the process stopped): close it as failed so the
-    # study's counts stay true. One tune process per study folder is assumed.
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        if not quiet:
-            print(f"[tune] trial {t.number} was interrupted; marked failed", flush=True)
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = [t for t in study.trials if t.state in counted]  # failed trials are replaced
-    todo = max(0, trials - len(done))
+    live = _close_interrupted(study, out, quiet)
+    if live:
+        # Another process is tuning this study: a sampler seeded as its own would propose the
+        # same random start-up settings, so this one's seed is moved by the trials held.
+        sampler_seed += len(study.trials)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
+    done = _counted(study, running=False)  # failed trials are replaced
+    todo = max(0, trials - done - live)
     if not quiet:
-        print(f"[tune] {out / STUDY_FILE}: {len(done)} trials done, {todo} to run", flush=True)
+        elsewhere = f" ({live} running in another process)" if live else ""
+        print(
+            f"[tune] {out / STUDY_FILE}: {done} trials done{elsewhere}, {todo} to run", flush=True
+        )
     objective = _objective(base, space, budget, out, list(overrides or []), seeds)
     callbacks = [] if quiet else [_print_trial]
     if todo:
-        study.optimize(objective, n_trials=todo, callbacks=callbacks, catch=(OdepolicyError,))
+        # Stop once the study holds N trials, counting those other processes are running.
+        def enough(study, trial) -> None:
+            if _counted(study, running=True) >= trials:
+                study.stop()
+
+        study.optimize(
+            objective, n_trials=todo, callbacks=[*callbacks, enough], catch=(OdepolicyError,)
+        )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise OdepolicyError(f"no trial of the study in {out} completed")
@@ -307,9 +346,49 @@ def tune(
     command += "".join(f" --set {o}" for o in overrides or [])
     finished = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
     text = _header(command, budget, config, space, best, len(finished), seeds)
-    (out / "best.yaml").write_text(text + dump_config(best_config))
+    # Written whole and renamed: another tune process on the study may write it at the same time.
+    tmp = out / f"best.yaml.{os.getpid()}.tmp"
+    tmp.write_text(text + dump_config(best_config))
+    os.replace(tmp, out / "best.yaml")
     ranked = sorted(complete, key=lambda t: t.value, reverse=True)
     return {"out": str(out), "best": best, "ranked": ranked, "trials": len(study.trials)}
+
+
+def _counted(study, running: bool) -> int:
+    """Trials that count towards --trials: complete and pruned ones (and running ones)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    states = (S.COMPLETE, S.PRUNED, S.RUNNING) if running else (S.COMPLETE, S.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _close_interrupted(study, out: Path, quiet: bool) -> int:
+    """Close the running trials whose process is gone as failed, so the study's counts stay
+    true; return how many trials other live processes are running. A trial is live while its
+    heartbeat is fresh; one without any heartbeat (from a study older than heartbeats) or with
+    a heartbeat older than GRACE_S was interrupted."""
+    import sqlite3
+
+    import optuna
+
+    S = optuna.trial.TrialState
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)  # stale heartbeats
+    with sqlite3.connect(out / STUDY_FILE) as con:
+        rows = con.execute("SELECT trial_id FROM trial_heartbeats").fetchall()
+    beating = {row[0] for row in rows}
+    live = 0
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        if t._trial_id in beating:
+            live += 1
+        else:
+            study.tell(t.number, state=S.FAIL)
+    now = {t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))}
+    for number in sorted(before - now):
+        if not quiet:
+            print(f"[tune] trial {number} was interrupted; marked failed", flush=True)
+    return live
 
 
 def _print_trial(study, trial) -> None:

@@ -176,3 +176,81 @@ def test_seeds_score_the_median_of_per_seed_runs_and_a_study_keeps_its_count(tmp
     assert main([*args, "--trials", "3"]) == 2
     assert "scores trials over 3 seed(s)" in capsys.readouterr().err
     assert _digest(out / "study.sqlite3") == before
+
+
+def _tune_process(out: Path, trials: int, budget: int):
+    import subprocess
+    import sys
+
+    cli = "import sys; from odepolicy.cli import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", cli, "tune", str(BASE), "--budget", str(budget)]
+    cmd += ["--trials", str(trials), "--out", str(out), *_sets(), "--set", "horizon=200"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_tune_processes_share_one_study(tmp_path):
+    """A second `odepolicy tune` on a study another process is running: it leaves the other's
+    running trial alone (its heartbeat is fresh), samples other settings, and the two together
+    stop at the requested count. Before heartbeats the second marked the first's trial failed
+    and ran its own N trials on top."""
+    import time
+
+    out = tmp_path / "study"
+    first = _tune_process(out, trials=6, budget=4000)
+    db = out / "study.sqlite3"
+    deadline = time.monotonic() + 120
+    while not (db.exists() and ("RUNNING",) in [s[1:] for s in _safe_trials(db)]):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+        time.sleep(0.05)
+    second = _tune_process(out, trials=6, budget=4000)
+    logs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], logs
+    assert "running in another process" in logs[1], logs[1]
+    states = [state for _, state in _trials(db)]
+    assert "FAIL" not in states and "RUNNING" not in states, states
+    assert 6 <= len(states) <= 7, states  # 7 only if both started a last trial at once
+    import optuna
+
+    study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{db}")
+    settings = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(settings)) == len(settings)  # no trial repeats another's settings
+
+
+def _safe_trials(db: Path) -> list[tuple]:
+    try:
+        return _trials(db)
+    except sqlite3.OperationalError:  # the schema is still being created
+        return []
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_interrupted_trials_are_marked_failed_and_replaced(tmp_path, capsys):
+    """A trial left RUNNING by a process that is gone: one with no heartbeat (a study older than
+    heartbeats) and one whose heartbeat is older than the grace period are both closed as failed
+    when tune starts again, and new trials replace them; a fresh one would be left alone."""
+    import optuna
+
+    from odepolicy import tune as tune_module
+
+    out = tmp_path / "study"
+    args = ["tune", str(BASE), "--budget", "300", "--out", str(out), *_sets(), "--quiet"]
+    assert main([*args, "--trials", "1"]) == 0
+    db = out / "study.sqlite3"
+    url = f"sqlite:///{db}"
+    study = optuna.load_study(study_name="odepolicy", storage=url)
+    study.ask()  # trial 1: running, no heartbeat
+    beating = optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=120)
+    study = optuna.load_study(study_name="odepolicy", storage=beating)
+    stale = study.ask()  # trial 2: running, heartbeat an hour old
+    beating.record_heartbeat(stale._trial_id)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
+    assert [s for _, s in _trials(db)] == ["COMPLETE", "RUNNING", "RUNNING"]
+    assert tune_module.GRACE_S < 3600
+    assert main([*args[:-1], "--trials", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "trial 1 was interrupted; marked failed" in printed
+    assert "trial 2 was interrupted; marked failed" in printed
+    assert "1 trials done, 2 to run" in printed
+    assert [s for _, s in _trials(db)] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
