@@ -190,7 +190,9 @@ class _PruningLogger(Logger):
                 raise optuna.TrialPruned(f"pruned at {tenth}/{REPORTS} of the budget")
 
 
-def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str], seeds: int):
+def _objective(
+    base: dict, space: dict, budget: int, out: Path, extra: list[str], seeds: int, quiet: bool
+):
     def objective(trial) -> float:
         sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}", "iterations=1000000000"]
         trial.set_user_attr("overrides", sets)
@@ -213,6 +215,12 @@ def _objective(base: dict, space: dict, budget: int, out: Path, extra: list[str]
             if not evals:
                 raise OdepolicyError(f"trial {trial.number} logged no evaluation")
             scores.append(float(sum(evals[-LAST_EVALS:]) / len(evals[-LAST_EVALS:])))
+            if seeds > 1 and not quiet:  # a trial of several seeds runs for a while: say each
+                print(
+                    f"[tune] trial {trial.number}: seed {config.seed} scored {scores[-1]:.2f} "
+                    f"({k + 1}/{seeds})",
+                    flush=True,
+                )
         if seeds > 1:
             trial.set_user_attr("seed_scores", scores)
         return float(np.median(scores))
@@ -316,7 +324,7 @@ def tune(
         print(
             f"[tune] {out / STUDY_FILE}: {done} trials done{elsewhere}, {todo} to run", flush=True
         )
-    objective = _objective(base, space, budget, out, list(overrides or []), seeds)
+    objective = _objective(base, space, budget, out, list(overrides or []), seeds, quiet)
     callbacks = [] if quiet else [_print_trial]
     if todo:
         # Stop once the study holds N trials, counting those other processes are running.

@@ -156,7 +156,8 @@ def test_seeds_score_the_median_of_per_seed_runs_and_a_study_keeps_its_count(tmp
 
     out = tmp_path / "study"
     args = ["tune", str(BASE), "--budget", "300", "--out", str(out), *_sets()]
-    assert main([*args, "--trials", "2", "--seeds", "3", "--quiet"]) == 0
+    assert main([*args, "--trials", "2", "--seeds", "3"]) == 0
+    printed = capsys.readouterr().out
     study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{out / 'study.sqlite3'}")
     assert study.user_attrs["seeds"] == 3
     for t in study.trials:
@@ -169,6 +170,9 @@ def test_seeds_score_the_median_of_per_seed_runs_and_a_study_keeps_its_count(tmp
             evals = [e for e in evals if e == e][-3:]
             scores.append(sum(evals) / len(evals))
         assert t.user_attrs["seed_scores"] == scores
+        for k, (seed, score) in enumerate(zip((0, 1, 2), scores)):  # a line per seed's run
+            line = f"[tune] trial {t.number}: seed {seed} scored {score:.2f} ({k + 1}/3)"
+            assert line in printed, printed
         assert t.value == statistics.median(scores)
     assert len(set(map(tuple, (t.user_attrs["seed_scores"] for t in study.trials)))) == 2
     assert "median over seeds" in (out / "best.yaml").read_text()
