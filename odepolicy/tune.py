@@ -374,21 +374,24 @@ def _counted(study, running: bool) -> int:
 def _close_interrupted(study, out: Path, quiet: bool) -> int:
     """Close the running trials whose process is gone as failed, so the study's counts stay
     true; return how many trials other live processes are running. A trial is live while its
-    heartbeat is fresh; one without any heartbeat (from a study older than heartbeats) or with
-    a heartbeat older than GRACE_S was interrupted."""
+    heartbeat is fresh. One whose heartbeat is older than GRACE_S was interrupted, and so was
+    one without any heartbeat that started over GRACE_S ago (a study older than heartbeats); a
+    younger one without a heartbeat is a trial another process has just started."""
     import sqlite3
+    from contextlib import closing
+    from datetime import datetime, timedelta
 
     import optuna
 
     S = optuna.trial.TrialState
     before = {t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))}
     optuna.storages.fail_stale_trials(study)  # stale heartbeats
-    with sqlite3.connect(out / STUDY_FILE) as con:
-        rows = con.execute("SELECT trial_id FROM trial_heartbeats").fetchall()
-    beating = {row[0] for row in rows}
+    with closing(sqlite3.connect(out / STUDY_FILE)) as con:
+        beating = {row[0] for row in con.execute("SELECT trial_id FROM trial_heartbeats")}
+    old = datetime.now() - timedelta(seconds=GRACE_S)  # Optuna stores local, naive times
     live = 0
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
-        if t._trial_id in beating:
+        if t._trial_id in beating or (t.datetime_start and t.datetime_start > old):
             live += 1
         else:
             study.tell(t.number, state=S.FAIL)

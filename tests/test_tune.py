@@ -230,31 +230,38 @@ def _safe_trials(db: Path) -> list[tuple]:
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_interrupted_trials_are_marked_failed_and_replaced(tmp_path, capsys):
-    """A trial left RUNNING by a process that is gone: one with no heartbeat (a study older than
-    heartbeats) and one whose heartbeat is older than the grace period are both closed as failed
-    when tune starts again, and new trials replace them; a fresh one would be left alone."""
+    """Trials left RUNNING: one with no heartbeat that started an hour ago (a study older than
+    heartbeats) and one whose heartbeat is an hour old are closed as failed when tune starts
+    again, and a new trial replaces them. One with no heartbeat that started just now is a
+    trial another process has just begun: it is left running and counted."""
     import optuna
 
     from odepolicy import tune as tune_module
 
     out = tmp_path / "study"
-    args = ["tune", str(BASE), "--budget", "300", "--out", str(out), *_sets(), "--quiet"]
-    assert main([*args, "--trials", "1"]) == 0
+    args = ["tune", str(BASE), "--budget", "300", "--out", str(out), *_sets()]
+    assert main([*args, "--trials", "1", "--quiet"]) == 0
     db = out / "study.sqlite3"
     url = f"sqlite:///{db}"
     study = optuna.load_study(study_name="odepolicy", storage=url)
-    study.ask()  # trial 1: running, no heartbeat
+    study.ask()  # trial 1: no heartbeat, started an hour ago (below)
     beating = optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=120)
     study = optuna.load_study(study_name="odepolicy", storage=beating)
-    stale = study.ask()  # trial 2: running, heartbeat an hour old
+    stale = study.ask()  # trial 2: heartbeat an hour old (below)
     beating.record_heartbeat(stale._trial_id)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
-    assert [s for _, s in _trials(db)] == ["COMPLETE", "RUNNING", "RUNNING"]
+        con.execute(
+            "UPDATE trials SET datetime_start = datetime(datetime_start, '-1 hour') "
+            "WHERE number = 1"
+        )
+    study.ask()  # trial 3: no heartbeat yet, started just now
+    assert [s for _, s in _trials(db)] == ["COMPLETE"] + ["RUNNING"] * 3
     assert tune_module.GRACE_S < 3600
-    assert main([*args[:-1], "--trials", "3"]) == 0
+    assert main([*args, "--trials", "3"]) == 0
     printed = capsys.readouterr().out
     assert "trial 1 was interrupted; marked failed" in printed
     assert "trial 2 was interrupted; marked failed" in printed
-    assert "1 trials done, 2 to run" in printed
-    assert [s for _, s in _trials(db)] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "trial 3 was interrupted" not in printed
+    assert "1 trials done (1 running in another process), 1 to run" in printed
+    assert [s for _, s in _trials(db)] == ["COMPLETE", "FAIL", "FAIL", "RUNNING", "COMPLETE"]
