@@ -203,7 +203,7 @@ def test_two_tune_processes_share_one_study(tmp_path):
     first = _tune_process(out, trials=6, budget=4000)
     db = out / "study.sqlite3"
     deadline = time.monotonic() + 120
-    while not (db.exists() and ("RUNNING",) in [s[1:] for s in _safe_trials(db)]):
+    while not (db.exists() and "RUNNING" in [state for _, state in _safe_trials(db)]):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
         time.sleep(0.05)
     second = _tune_process(out, trials=6, budget=4000)
