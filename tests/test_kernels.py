@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from numba import njit
 from numba.core.registry import CPUDispatcher
 
 from odepolicy import OdepolicyError
@@ -226,6 +227,44 @@ def test_expm_matches_scipy(norm, h):
         assert np.abs(E - expected).max() <= 1e-12 * max(1.0, np.abs(expected).max())
         if skew:
             assert np.linalg.norm(E.T @ E - np.eye(h)) < 1e-13
+
+
+@njit
+def _tanh_all(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = kernels._tanh(x[i])
+    return out
+
+
+def test_tanh_within_3_ulp_of_libm():
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            rng.normal(size=200_000) * 3,
+            rng.uniform(-1e-3, 1e-3, 20_000),
+            10.0 ** rng.uniform(-300, 1.4, 20_000),
+            np.linspace(-25, 25, 20_001),
+            [19.0, 19.06, 19.07, 20.0, 21.0, 1e308, 5e-324],
+        ]
+    )
+    x = np.concatenate([x, -x])
+    got, ref = _tanh_all(x), np.tanh(x)
+    ulps = np.abs(got - ref) / np.spacing(np.abs(ref))
+    assert ulps.max() <= 3.0
+    assert np.abs(got).max() == 1.0  # saturates exactly, never above 1
+
+
+def test_tanh_special_values_and_lanes():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-310, -1e-310])
+    got = _tanh_all(x)
+    assert np.isnan(got[0]) and list(got[1:3]) == [1.0, -1.0]
+    assert got[3] == 0.0 and not np.signbit(got[3]) and np.signbit(got[4])
+    assert list(got[5:]) == [1e-310, -1e-310]
+    # a vector lane and the scalar remainder loop round alike: 37 values at once or one by one
+    x = np.random.default_rng(1).normal(size=37) * 4
+    one_by_one = np.concatenate([_tanh_all(x[i : i + 1]) for i in range(37)])
+    assert np.array_equal(_tanh_all(x).view(np.int64), one_by_one.view(np.int64))
 
 
 def test_expm_of_overflowed_matrix_is_nan_not_a_hang():
