@@ -6,8 +6,10 @@ Euler loop cost more than the arithmetic. Each kernel loops over the rows of its
 the same scalar code on every row, so a row's result does not depend on its batch, bit for bit:
 sums run in a fixed order, and nothing is compiled with fastmath (no reassociation, no fused
 multiply-add), so the vector lanes LLVM uses for elementwise loops round exactly as scalar code
-would. tanh is the module's own `_tanh` (within 3 ulp of libm's), which vectorises where a call
-to libm's does not.
+would. BaseODE's step and `activation: tanh` use the module's own `_tanh` (within 3 ulp of
+libm's), which vectorises where a call to libm's does not. DeepNet's step and `prepare` (the
+flows of Gated-ODEtoODE and HyperNet) keep libm's np.tanh, bit for bit as before: with `_tanh`,
+DeepNet's Swimmer preset fell under its bar on its tuning seed (benchmarks/es_throughput.md).
 
 Mat-vecs on the per-step path take the matrix transposed (`At` = A^T, [cols, rows]): y = A x is
 then a sequence of axpy's y += x_j A[:, j] along contiguous memory, which vectorises across
@@ -95,9 +97,10 @@ _THETA13 = 5.371920351148152e0
 # |r| <= ln2 / 2, a degree-13 Taylor polynomial for expm1(r), and 2^k built from its exponent
 # bits. Branch-free, so LLVM runs it in vector lanes: 2 ns per element against 7-15 ns for a
 # call to libm's tanh, which cannot be vectorised (DeepNet and BaseODE evaluate 400 and 800
-# tanh per env step). Within 3 ulp of libm's tanh (max abs difference 2.2e-16); a lane and the
-# scalar remainder loop round identically (no fused multiply-add without fastmath), and the
-# result no longer depends on the platform's libm.
+# tanh per env step). Where it is used: see the module doc. Within 3 ulp of
+# libm's tanh (max abs difference 2.2e-16); a lane and the scalar remainder loop round
+# identically (no fused multiply-add without fastmath), and the result does not depend on the
+# platform's libm.
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: k * _LN2_HI is exact for k < 2^21
 _LN2_LO = 1.90821492927058770002e-10
@@ -458,7 +461,7 @@ def gated_flow(W0, a, U, V, eta, n_steps):
                 _matmul(W, U[p, g], F)
                 for i in range(h):
                     for j in range(h):
-                        F[i, j] = _tanh(F[i, j] + t * V[p, g, i, j])
+                        F[i, j] = np.tanh(F[i, j] + t * V[p, g, i, j])
                 ag = a[p, g]
                 for i in range(h):
                     for j in range(h):
@@ -498,10 +501,10 @@ def _mlp(w1, b1, w2, b2, w3, b3, x, z1, z2, y):
     """y = w3 tanh(w2 tanh(w1 x + b1) + b2) + b3 (weights untransposed)."""
     _matvec(w1, x, z1)
     for i in range(z1.shape[0]):
-        z1[i] = _tanh(z1[i] + b1[i])
+        z1[i] = np.tanh(z1[i] + b1[i])
     _matvec(w2, z1, z2)
     for i in range(z2.shape[0]):
-        z2[i] = _tanh(z2[i] + b2[i])
+        z2[i] = np.tanh(z2[i] + b2[i])
     _matvec(w3, z2, y)
     for i in range(y.shape[0]):
         y[i] += b3[i]
@@ -616,11 +619,11 @@ def deepnet_step(w_in_t, b_in, W_t, b, w_out_t, b_out, obs, low, high):
     for p in range(P):
         _matvec_t(w_in_t[p], obs[p], z)
         for i in range(h):
-            z[i] = _tanh(z[i] + b_in[p, i])
+            z[i] = np.tanh(z[i] + b_in[p, i])
         for l in range(W_t.shape[1]):
             _matvec_t(W_t[p, l], z, y)
             for i in range(h):
-                z[i] = _tanh(y[i] + b[p, l, i])
+                z[i] = np.tanh(y[i] + b[p, l, i])
         a = out[p]
         _matvec_t(w_out_t[p], z, a)
         for i in range(a.shape[0]):
