@@ -6,10 +6,10 @@ Euler loop cost more than the arithmetic. Each kernel loops over the rows of its
 the same scalar code on every row, so a row's result does not depend on its batch, bit for bit:
 sums run in a fixed order, and nothing is compiled with fastmath (no reassociation, no fused
 multiply-add), so the vector lanes LLVM uses for elementwise loops round exactly as scalar code
-would. BaseODE's step and `activation: tanh` use the module's own `_tanh` (within 3 ulp of
-libm's), which vectorises where a call to libm's does not. DeepNet's step and `prepare` (the
-flows of Gated-ODEtoODE and HyperNet) keep libm's np.tanh, bit for bit as before: with `_tanh`,
-DeepNet's Swimmer preset fell under its bar on its tuning seed (benchmarks/es_throughput.md).
+would. The step kernels (BaseODE, DeepNet, `activation: tanh`) use the module's own `_tanh`
+(within 3 ulp of libm's), which vectorises where a call to libm's does not. `prepare` (the
+flows of Gated-ODEtoODE and HyperNet, once per rollout) keeps libm's np.tanh, so those
+families run bit for bit as in their studies (benchmarks/es_throughput.md, last section).
 
 Mat-vecs on the per-step path take the matrix transposed (`At` = A^T, [cols, rows]): y = A x is
 then a sequence of axpy's y += x_j A[:, j] along contiguous memory, which vectorises across
@@ -619,11 +619,11 @@ def deepnet_step(w_in_t, b_in, W_t, b, w_out_t, b_out, obs, low, high):
     for p in range(P):
         _matvec_t(w_in_t[p], obs[p], z)
         for i in range(h):
-            z[i] = np.tanh(z[i] + b_in[p, i])
+            z[i] = _tanh(z[i] + b_in[p, i])
         for l in range(W_t.shape[1]):
             _matvec_t(W_t[p, l], z, y)
             for i in range(h):
-                z[i] = np.tanh(y[i] + b[p, l, i])
+                z[i] = _tanh(y[i] + b[p, l, i])
         a = out[p]
         _matvec_t(w_out_t[p], z, a)
         for i in range(a.shape[0]):
