@@ -253,6 +253,49 @@ def test_learned_output_scale_is_c_times_exp_of_its_parameter(name):
         make_policy(name, OBS, ACT, learn_output_scale="yes")
 
 
+@pytest.mark.parametrize("name", ["iso_odetoode", "gated_odetoode"])
+def test_linear_skip_adds_S_s_before_the_clip(name):
+    """linear_skip appends a Euclidean S [act_dim, obs_dim] starting at 0: the action is
+    clip(c Omega_out x_N + S s). The other blocks and their initial values are unchanged, so at
+    init the action is the plain policy's, bit for bit; a row's action is bitwise the same alone
+    and in a batch; both backends agree; the clip comes after the sum."""
+    skip = make_policy(
+        name,
+        OBS,
+        ACT,
+        hidden=6,
+        output_scale=0.3,
+        linear_skip=True,
+        action_low=-0.5,
+        action_high=0.5,
+    )
+    plain = make_policy(name, OBS, ACT, hidden=6, output_scale=0.3)
+    m = plain.num_params
+    assert skip.num_params == m + ACT * OBS and skip.layout["skip"].slice == slice(m, m + ACT * OBS)
+    theta = skip.init(np.random.default_rng(3))
+    np.testing.assert_array_equal(theta[:m], plain.init(np.random.default_rng(3)))
+    assert not theta[m:].any()
+    rng = np.random.default_rng(8)
+    obs = rng.standard_normal((6, OBS))
+    np.testing.assert_array_equal(
+        skip.act(np.repeat(theta[None], 6, axis=0), obs),
+        np.clip(plain.act(np.repeat(theta[None, :m], 6, axis=0), obs), -0.5, 0.5),
+    )
+    thetas = _population(skip, rng, 6, noise=0.3)
+    got = skip.act(thetas, obs)
+    for i in range(6):
+        expected, _ = _reference_act(plain, thetas[i, :m], obs[i])
+        S = thetas[i, m:].reshape(ACT, OBS)
+        want = np.clip(0.3 * expected + S @ obs[i], -0.5, 0.5)
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(skip.act(thetas[i : i + 1], obs[i : i + 1])[0], got[i])
+    assert 0 < np.mean(np.abs(got) == 0.5) < 1  # some entries clipped, some not
+    skip.backend = "torch"
+    np.testing.assert_allclose(skip.act(thetas, obs), got, rtol=0, atol=1e-12)
+    with pytest.raises(OdepolicyError, match="linear_skip must be true or false"):
+        make_policy(name, OBS, ACT, linear_skip=1)
+
+
 def test_output_scale_shrinks_saturation_at_init():
     """With orthonormal Omega_in / Omega_out rows, normalised 17-d observations put about half of a
     6-d action at the +-1 bounds at init (HalfCheetah's sizes); c = 0.1 takes it off them."""

@@ -367,6 +367,12 @@ class ODEPolicy(Policy):
         }
 
     def _step_kernels(self, prepared: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        return self._ode_step(prepared, s, self._low, self._high)
+
+    def _ode_step(
+        self, prepared: dict[str, np.ndarray], s: np.ndarray, low: np.ndarray, high: np.ndarray
+    ) -> np.ndarray:
+        """The Euler loop and Omega_out x_N, clipped to [low, high] (kernels backend)."""
         return kernels.ode_step(
             prepared["omega_in_t"],
             prepared["bias"],
@@ -375,8 +381,8 @@ class ODEPolicy(Policy):
             s,
             self.eta,
             self._code,
-            self._low,
-            self._high,
+            low,
+            high,
         )
 
     def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

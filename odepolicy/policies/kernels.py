@@ -40,6 +40,7 @@ __all__ = [
     "nanode_flow",
     "hypernet_flow",
     "ode_step",
+    "add_linear_clip",
     "base_ode_step",
     "deepnet_step",
     "deep_resnet_step",
@@ -578,6 +579,19 @@ def ode_step(omega_in_t, bias, W_t, omega_out_t, obs, eta, code, low, high):
             for i in range(h):
                 x[i] += eta * y[i]
         _matvec_t(omega_out_t[p], x, out[p])
+        _clip_row(out[p], low, high)
+    return out
+
+
+@njit(cache=True)
+def add_linear_clip(out, skip_t, obs, low, high):
+    """out[p] = clip(out[p] + S_p s_p) in place, for S^T as skip_t [P, obs_dim, act_dim] (the
+    linear skip path of ODEtoODE's `linear_skip`)."""
+    y = np.empty(out.shape[1])
+    for p in range(out.shape[0]):
+        _matvec_t(skip_t[p], obs[p], y)
+        for i in range(out.shape[1]):
+            out[p, i] += y[i]
         _clip_row(out[p], low, high)
     return out
 

@@ -26,7 +26,7 @@ from .. import OdepolicyError
 from ..manifolds import Euclidean, Stiefel, Symmetric
 from . import kernels
 from ._torch import torch
-from .base import ODEPolicy, _positive_float, _positive_int, contiguous
+from .base import ODEPolicy, _positive_float, _positive_int, contiguous, matvec, transposed
 
 __all__ = ["ISOODEtoODE", "GatedODEtoODE"]
 
@@ -60,6 +60,7 @@ class ODEtoODE(ODEPolicy):
         **ODEPolicy.defaults,
         "output_scale": 1.0,
         "learn_output_scale": False,
+        "linear_skip": False,
     }
 
     def _configure(self) -> None:
@@ -72,6 +73,15 @@ class ODEtoODE(ODEPolicy):
                 f"policy {self.name!r}: learn_output_scale must be true or false, got {learn!r}"
             )
         self.learn_output_scale = learn
+        skip = self.kwargs["linear_skip"]
+        if not isinstance(skip, bool):
+            raise OdepolicyError(
+                f"policy {self.name!r}: linear_skip must be true or false, got {skip!r}"
+            )
+        self.linear_skip = skip
+        if skip:  # the ODE part's actions stay unclipped until the skip term is added
+            self._no_low = np.full(self.act_dim, -np.inf)
+            self._no_high = np.full(self.act_dim, np.inf)
 
     def _scale_blocks(self) -> list:
         """With `learn_output_scale`, a Euclidean scalar l (starting at 0) makes the scale
@@ -89,12 +99,25 @@ class ODEtoODE(ODEPolicy):
         logs = logs.detach().cpu().numpy() if not isinstance(logs, np.ndarray) else logs
         return np.array([self.output_scale * math.exp(v) for v in logs[:, 0]])[:, None, None]
 
+    def _skip_blocks(self) -> list:
+        """With `linear_skip`, a Euclidean matrix S [act_dim, obs_dim], starting at 0, adds
+        S s to the action: a = c Omega_out x_N + S s. It is not part of the paper's policy."""
+        return [("skip", Euclidean(self.act_dim, self.obs_dim))] if self.linear_skip else []
+
     def _prepare_kernels(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prepared = super()._prepare_kernels(p)
         scale = self._out_scale(p)
         if scale is not None:
             prepared["omega_out_t"] = prepared["omega_out_t"] * scale
+        if self.linear_skip:
+            prepared["skip_t"] = transposed(p["skip"])
         return prepared
+
+    def _step_kernels(self, prepared: dict[str, np.ndarray], s: np.ndarray) -> np.ndarray:
+        if not self.linear_skip:
+            return super()._step_kernels(prepared, s)
+        a = self._ode_step(prepared, s, self._no_low, self._no_high)
+        return kernels.add_linear_clip(a, prepared["skip_t"], s, self._low, self._high)
 
     def _prepare_torch(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prepared = super()._prepare_torch(p)
@@ -102,7 +125,13 @@ class ODEtoODE(ODEPolicy):
         if scale is not None:
             out = prepared["omega_out"]
             prepared["omega_out"] = out * torch.as_tensor(scale, dtype=out.dtype, device=out.device)
+        if self.linear_skip:
+            prepared["skip"] = p["skip"]
         return prepared
+
+    def _step_torch(self, prepared: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+        a = super()._step_torch(prepared, s)
+        return a + matvec(prepared["skip"], s) if self.linear_skip else a
 
     def _blocks(self) -> list:
         h = self.hidden
@@ -113,6 +142,7 @@ class ODEtoODE(ODEPolicy):
             *self._generator_blocks(),
             ("W0", Stiefel(h, h)),
             *self._scale_blocks(),
+            *self._skip_blocks(),
         ]
 
     def _flow_torch(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
