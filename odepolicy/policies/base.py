@@ -147,6 +147,12 @@ def _positive_float(policy: str, key: str, value: Any) -> float:
     return v
 
 
+def _bool_option(policy: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OdepolicyError(f"policy {policy!r}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def select_rows(
     prepared: dict[str, np.ndarray | torch.Tensor], idx
 ) -> dict[str, np.ndarray | torch.Tensor]:

@@ -22,11 +22,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import OdepolicyError
 from ..manifolds import Euclidean, Stiefel, Symmetric
 from . import kernels
 from ._torch import torch
-from .base import ODEPolicy, _positive_float, _positive_int, contiguous, matvec, transposed
+from .base import (
+    ODEPolicy,
+    _bool_option,
+    _positive_float,
+    _positive_int,
+    contiguous,
+    matvec,
+    transposed,
+)
 
 __all__ = ["ISOODEtoODE", "GatedODEtoODE"]
 
@@ -65,21 +72,15 @@ class ODEtoODE(ODEPolicy):
 
     def _configure(self) -> None:
         super()._configure()
-        c = _positive_float(self.name, "output_scale", self.kwargs["output_scale"])
-        self.output_scale = self.kwargs["output_scale"] = c
-        learn = self.kwargs["learn_output_scale"]
-        if not isinstance(learn, bool):
-            raise OdepolicyError(
-                f"policy {self.name!r}: learn_output_scale must be true or false, got {learn!r}"
-            )
-        self.learn_output_scale = learn
-        skip = self.kwargs["linear_skip"]
-        if not isinstance(skip, bool):
-            raise OdepolicyError(
-                f"policy {self.name!r}: linear_skip must be true or false, got {skip!r}"
-            )
-        self.linear_skip = skip
-        if skip:  # the ODE part's actions stay unclipped until the skip term is added
+        kw = self.kwargs
+        self.output_scale = kw["output_scale"] = _positive_float(
+            self.name, "output_scale", kw["output_scale"]
+        )
+        self.learn_output_scale = _bool_option(
+            self.name, "learn_output_scale", kw["learn_output_scale"]
+        )
+        self.linear_skip = _bool_option(self.name, "linear_skip", kw["linear_skip"])
+        if self.linear_skip:  # the ODE part's actions stay unclipped until the skip term is added
             self._no_low = np.full(self.act_dim, -np.inf)
             self._no_high = np.full(self.act_dim, np.inf)
 
