@@ -252,7 +252,12 @@ def _add_tune(sub) -> None:
         help="runs per trial, with the config's seed and the next ones; the trial's score is "
         "their median (default 1; a study keeps the number it started with)",
     )
-    p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=0,
+        help="seed of the TPE sampler; trial k draws with this seed + k",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
 
 

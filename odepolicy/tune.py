@@ -17,7 +17,8 @@ Several tune processes can work on one study at once (the same command started o
 core): every running trial records a heartbeat in the study, a process leaves the trials with a
 fresh heartbeat to their owners, and each process stops once the study holds N trials,
 counting those running elsewhere. A trial whose heartbeat is older than GRACE_S (its process
-was killed) is closed as failed and replaced.
+was killed) is closed as failed and replaced. Trial k draws its settings with seed
+`--sampler-seed` + k, so processes sharing a study, or a study continued, never repeat a draw.
 
 A search space is a YAML mapping from dotted config keys to distributions:
 
@@ -311,11 +312,7 @@ def tune(
         )
     study.set_user_attr("seeds", seeds)
     live = _close_interrupted(study, out, quiet)
-    if live:
-        # Another process is tuning this study: a sampler seeded as its own would propose the
-        # same random start-up settings, so this one's seed is moved by the trials held.
-        sampler_seed += len(study.trials)
-    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5)
+    study.sampler = _trial_seeded_tpe(sampler_seed)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
     done = _counted(study, running=False)  # failed trials are replaced
     todo = max(0, trials - done - live)
@@ -369,6 +366,37 @@ def _counted(study, running: bool) -> int:
     S = optuna.trial.TrialState
     states = (S.COMPLETE, S.PRUNED, S.RUNNING) if running else (S.COMPLETE, S.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _trial_seeded_tpe(seed: int):
+    """A TPE sampler whose randomness for trial k is seeded by seed + k. One sampler seeded once
+    per process repeats its random start-up settings in every process that shares the study,
+    and in a study continued after an interruption (trial k of the second process drew what
+    trial 0 of the first did); trial numbers are unique within a study, so these seeds are too.
+    A study run by one process is still the same from the same seed."""
+    import optuna
+
+    class Sampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+
+        def before_trial(self, study, trial) -> None:
+            self._tpe = optuna.samplers.TPESampler(seed=seed + trial.number, n_startup_trials=5)
+            self._tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._tpe.after_trial(study, trial, state, values)
+
+    return Sampler()
 
 
 def _close_interrupted(study, out: Path, quiet: bool) -> int:

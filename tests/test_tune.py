@@ -55,6 +55,23 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
     assert main([*args, "--trials", "5"]) == 0
     assert [n for n, _ in _trials(db)] == [0, 1, 2, 3, 4]
     assert "3 trials done, 2 to run" in capsys.readouterr().out
+    import optuna
+
+    def settings(folder: Path) -> list[tuple]:
+        storage = f"sqlite:///{folder / 'study.sqlite3'}"
+        study = optuna.load_study(study_name="odepolicy", storage=storage)
+        return [tuple(sorted(t.params.items())) for t in study.trials]
+
+    # The continued study draws new settings: its sampler is seeded per trial, so trial 3 does
+    # not repeat trial 0's draw, as a sampler seeded once per process did. The same command in
+    # a new folder draws the same settings again.
+    assert len(set(settings(out))) == 5, settings(out)
+    again = tmp_path / "again"
+    assert (
+        main(["tune", str(BASE), "--budget", "600", "--out", str(again), *_sets(), "--trials", "3"])
+        == 0
+    )
+    assert settings(again) == settings(out)[:3]
     # Continued elsewhere, from its SQLite file alone (no trial folders), the study still writes
     # the best trial's own iteration count, not the base config's.
     moved = tmp_path / "moved"
@@ -66,8 +83,6 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
     )
     iterations = load_config(out / "best.yaml").iterations
     assert load_config(moved / "best.yaml").iterations == iterations
-    import optuna
-
     best = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{db}").best_trial
     counters = RunDir(out / f"trial_{best.number:04d}").checkpoint_counters()
     assert counters["iteration"] == iterations  # what the run itself did
@@ -194,9 +209,11 @@ def _tune_process(out: Path, trials: int, budget: int):
 
 def test_two_tune_processes_share_one_study(tmp_path):
     """A second `odepolicy tune` on a study another process is running: it leaves the other's
-    running trial alone (its heartbeat is fresh), samples other settings, and the two together
-    stop at the requested count. Before heartbeats the second marked the first's trial failed
-    and ran its own N trials on top."""
+    running trials alone (their heartbeats are fresh), samples other settings, and the two
+    together stop at the requested count. Before heartbeats the second marked the first's trial
+    failed and ran its own N trials on top. Whether a trial of the first is running at the
+    moment the second opens the study is up to timing; the message the second prints then is
+    checked in-process by test_interrupted_trials_are_marked_failed_and_replaced."""
     import time
 
     out = tmp_path / "study"
@@ -209,7 +226,6 @@ def test_two_tune_processes_share_one_study(tmp_path):
     second = _tune_process(out, trials=6, budget=4000)
     logs = [p.communicate(timeout=300)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], logs
-    assert "running in another process" in logs[1], logs[1]
     states = [state for _, state in _trials(db)]
     assert "FAIL" not in states and "RUNNING" not in states, states
     assert 6 <= len(states) <= 7, states  # 7 only if both started a last trial at once
