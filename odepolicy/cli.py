@@ -1,4 +1,4 @@
-"""Command line: odepolicy train | evaluate | plot | sweep | tune | bench.
+"""Command line: odepolicy train | evaluate | plot | sweep | tune | campaign | bench.
 
 Every user error (bad config, unknown id, damaged file) is an OdepolicyError: printed on one line
 as `odepolicy: error: ...` with exit status 2, never a traceback.
@@ -261,6 +261,38 @@ def _add_tune(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
 
 
+def _add_campaign(sub) -> None:
+    p = sub.add_parser(
+        "campaign",
+        help="run a whole comparison (explore, confirm, evaluate) as resumable units",
+        description="A campaign file (see experiments/comparison.yaml) declares tasks, methods, "
+        "budgets, seeds and the tuning protocol. `run` does the next ready units (an explore "
+        "study per task and method, the confirm runs of its best trials on new seeds, the "
+        "evaluation runs of the pick on held-out seeds), PARALLEL at a time; kill it whenever "
+        "you like and run it again: finished units are never repeated and unfinished runs "
+        "continue from their checkpoints. `status` prints each stage's units done and left "
+        "and the core-hours spent and left. `report` writes the comparison table and figure "
+        "from the finished evaluation runs.",
+    )
+    p.add_argument("action", choices=["run", "status", "report"], help="what to do")
+    p.add_argument("campaign", help="campaign YAML (e.g. experiments/comparison.yaml)")
+    p.add_argument(
+        "--parallel", type=int, default=None, help="units at a time (default: the file's)"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (auto or HOST:PORT): each unit uses a fair share of its CPUs",
+    )
+    p.add_argument(
+        "--stage",
+        action="append",
+        choices=["explore", "confirm", "evaluate"],
+        help="run only this stage's units (repeatable; default: all three)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no per-unit lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odepolicy",
@@ -268,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"odepolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_plot, _add_sweep, _add_tune, _add_bench):
+    adders = (_add_train, _add_evaluate, _add_plot, _add_sweep, _add_tune, _add_campaign)
+    for add in (*adders, _add_bench):
         add(sub)
     return parser
 
@@ -377,6 +410,12 @@ def cmd_tune(args) -> int:
     return tune_command(args)
 
 
+def cmd_campaign(args) -> int:
+    from .campaign import campaign_command
+
+    return campaign_command(args)
+
+
 def cmd_bench(args) -> int:
     from .bench import bench_command
 
@@ -389,6 +428,7 @@ COMMANDS = {
     "plot": cmd_plot,
     "sweep": cmd_sweep,
     "tune": cmd_tune,
+    "campaign": cmd_campaign,
     "bench": cmd_bench,
 }
 

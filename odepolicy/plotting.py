@@ -66,9 +66,12 @@ METHODS = {
     "deepnet": ("DeepNet", "#8c564b"),
     "deep_resnet": ("DeepResNet", "#e377c2"),
     "linear": ("Linear", "#7f7f7f"),
+    # Variants with an addition their family lacks are methods of their own (DESIGN.md).
+    "iso_odetoode_skip": ("ISO-ODEtoODE + linear skip", "#17becf"),
+    "gated_odetoode_skip": ("Gated-ODEtoODE + linear skip", "#bcbd22"),
 }
 HIGHLIGHT = "iso_odetoode"
-_EXTRA_COLOURS = ("#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+_EXTRA_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 
 _SUMMARY_FIELDS = [
     "task",
@@ -83,6 +86,7 @@ _SUMMARY_FIELDS = [
     "seeds_reached",
     "steps_to_threshold_mean",
     "steps_to_threshold_std",
+    "rank",
 ]
 
 # ARS's reward thresholds (Mania et al. 2018, Table 1; Gym v1 tasks, approximate targets for
@@ -192,6 +196,7 @@ def load_run(path) -> Run:
         raise OdepolicyError(f"{path} is not a run folder (needs config.yaml and progress.csv)")
     run_dir = RunDir(path)
     task, method, seed = run_dir.identity()
+    method = _variant(run_dir, method)
     file = run_dir.progress_file
     rows = run_dir.progress.read()
     its, steps, secs, rets = [], [], [], []
@@ -225,6 +230,17 @@ def load_run(path) -> Run:
         final_env_steps=int(last_steps),
         final_iteration=int(last_it),
     )
+
+
+def _variant(run_dir: RunDir, method: str) -> str:
+    """A run with the linear skip path is its own method, `<policy>_skip`: the paper's
+    architectures and a variant that adds a linear term are never one curve."""
+    from .config import read_yaml
+
+    policy = read_yaml(run_dir.config_file).get("policy")
+    kwargs = policy.get("kwargs") if isinstance(policy, dict) else None
+    skip = isinstance(kwargs, dict) and kwargs.get("linear_skip") is True
+    return f"{method}_skip" if skip else method
 
 
 # -- grouping and statistics -------------------------------------------------------------------
@@ -295,7 +311,8 @@ def summary_table(runs: list[Run], thresholds: dict | None = None) -> list[dict]
     """Per (task, method): seeds, final and best evaluation return (mean and population std
     across seeds of each seed's last and best evaluation), mean env steps at the end, and for
     tasks with a threshold (ARS's by default) the env steps at which each seed first reached
-    it (mean and std over the seeds that did, and how many did)."""
+    it (mean and std over the seeds that did, and how many did), and each method's rank in its
+    task by final return (1: the highest mean; equal means share a rank)."""
     thresholds = ARS_THRESHOLDS if thresholds is None else thresholds
     table = []
     for (task, method), group in group_runs(runs).items():
@@ -325,6 +342,12 @@ def summary_table(runs: list[Run], thresholds: dict | None = None) -> list[dict]
                 "steps_to_threshold_std": float(np.std(reached)) if reached else "",
             }
         )
+    for row in table:
+        row["rank"] = 1 + sum(
+            other["final_return_mean"] > row["final_return_mean"]
+            for other in table
+            if other["task"] == row["task"]
+        )
     return table
 
 
@@ -335,8 +358,8 @@ def _steps(value) -> str:
 def table_markdown(table: list[dict]) -> str:
     lines = [
         "| task | method | seeds | final return | best return | env steps "
-        "| steps to threshold (seeds reached) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| steps to threshold (seeds reached) | rank |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         if r["threshold"] == "":
@@ -352,7 +375,7 @@ def table_markdown(table: list[dict]) -> str:
             f"| {r['task']} | {r['method']} | {r['seeds']} "
             f"| {r['final_return_mean']:.2f} ± {r['final_return_std']:.2f} "
             f"| {r['best_return_mean']:.2f} ± {r['best_return_std']:.2f} "
-            f"| {r['env_steps_mean']:.0f} | {reach} |"
+            f"| {r['env_steps_mean']:.0f} | {reach} | {r['rank']} |"
         )
     return "\n".join(lines) + "\n"
 

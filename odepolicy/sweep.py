@@ -292,13 +292,18 @@ class _Launcher:
         with self.lock:
             self.stopping = True
             procs = list(self.live)
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate child processes, waiting up to 30 s each before killing it."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def execute(runs: list[SweepRun], out: Path, parallel: int, quiet: bool) -> None:

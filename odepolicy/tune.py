@@ -16,9 +16,12 @@ that states the procedure that found it.
 Several tune processes can work on one study at once (the same command started once per
 core): every running trial records a heartbeat in the study, a process leaves the trials with a
 fresh heartbeat to their owners, and each process stops once the study holds N trials,
-counting those running elsewhere. A trial whose heartbeat is older than GRACE_S (its process
-was killed) is closed as failed and replaced. Trial k draws its settings with seed
-`--sampler-seed` + k, so processes sharing a study, or a study continued, never repeat a draw.
+counting those running elsewhere. A running trial whose process is gone (its owner, a process
+on this host, has exited; or its heartbeat is older than GRACE_S) is taken over by the next tune
+process on the study: it continues the trial's run from its latest checkpoint with the trial's
+own settings, so an interrupted study ends with the same trials and scores as an uninterrupted
+one. Trial k draws its settings with seed `--sampler-seed` + k, so processes sharing a study, or
+a study continued, never repeat a draw.
 
 A search space is a YAML mapping from dotted config keys to distributions:
 
@@ -32,9 +35,12 @@ checked against the config schema before the study is opened, so a bad file chan
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import math
 import os
+import socket
+import threading
 import warnings
 from pathlib import Path
 
@@ -45,7 +51,7 @@ from . import OdepolicyError
 from .config import Config, config_from_dict, dump_config, read_yaml, read_yaml_mapping
 from .loggers import Logger
 from .rundir import RunDir
-from .trainer import train
+from .trainer import resume, train
 
 __all__ = ["default_space", "load_space", "tune", "tune_command", "DISTRIBUTIONS"]
 
@@ -167,11 +173,18 @@ def _suggest(trial, space: dict) -> list[str]:
 class _PruningLogger(Logger):
     """Reports the latest evaluation at each tenth of the budget; raises when pruned."""
 
-    def __init__(self, trial, budget: int, report: bool = True):
+    def __init__(self, trial, budget: int, report: bool = True, reported: int = 0):
         self.trial, self.budget, self.report = trial, budget, report
-        self.reported = 0
+        self.reported = reported  # the last tenth already reported (a trial taken over)
         self.evals: list[float] = []
         self.iterations = 0  # the last logged iteration
+
+    def start(self, trainer) -> None:
+        """A resumed run: the evaluations it logged before its checkpoint count too (progress.csv
+        holds them to the last bit, and was cut back to the checkpoint's iteration)."""
+        if trainer.run is not None and trainer.counters.iteration > 0:
+            self.evals = _logged_evals(trainer.run)
+            self.iterations = trainer.counters.iteration
 
     def log(self, row: dict) -> None:
         import optuna
@@ -191,12 +204,25 @@ class _PruningLogger(Logger):
                 raise optuna.TrialPruned(f"pruned at {tenth}/{REPORTS} of the budget")
 
 
+def _logged_evals(run: RunDir) -> list[float]:
+    values = [r.get("eval_return_mean") for r in run.progress.read()]
+    return [float(v) for v in values if v not in (None, "") and not math.isnan(float(v))]
+
+
 def _objective(
     base: dict, space: dict, budget: int, out: Path, extra: list[str], seeds: int, quiet: bool
 ):
-    def objective(trial) -> float:
-        sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}", "iterations=1000000000"]
-        trial.set_user_attr("overrides", sets)
+    def objective(trial, taken_over: bool = False) -> float:
+        """Train the trial's run(s) and return its score. A trial taken over from a process
+        that died keeps its settings and continues each run from its latest checkpoint."""
+        if taken_over:
+            sets = list(trial.user_attrs["overrides"])
+        else:
+            sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}"]
+            sets.append("iterations=1000000000")
+            trial.set_user_attr("overrides", sets)
+            trial.set_user_attr("owner", _owner())
+        reported = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)
         scores = []
         for k in range(seeds):
             # One seed: `trial_NNNN`. Several: `trial_NNNN_sS`, one after another; only the
@@ -204,9 +230,17 @@ def _objective(
             config = config_from_dict(base, sets)
             config.seed += k
             name = f"trial_{trial.number:04d}" + (f"_s{config.seed}" if seeds > 1 else "")
-            logger = _PruningLogger(trial, budget, report=(k == 0))
+            logger = _PruningLogger(trial, budget, report=(k == 0), reported=reported)
+            run = RunDir(out / name)
+            state = _run_state(run, config) if taken_over else "empty"
             try:
-                train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
+                if state == "finished":
+                    logger.evals = _logged_evals(run)
+                    logger.iterations = run.checkpoint_counters()["iteration"]
+                elif state == "resumable":
+                    resume(run.path, show_progress=False, loggers=[logger])
+                else:
+                    train(config, out, name, show_progress=False, overwrite=True, loggers=[logger])
             except OdepolicyError as exc:  # Optuna records the failure; keep its reason
                 trial.set_user_attr("error", str(exc))
                 raise
@@ -297,12 +331,20 @@ def tune(
     # Every running trial writes a heartbeat, so several tune processes can share one study:
     # a trial whose heartbeat is fresh belongs to a live process; one whose heartbeat is older
     # than GRACE_S was interrupted, and Optuna closes it as failed before each new trial.
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{out / STUDY_FILE}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-    )
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
-    )
+    # Two processes that open a new study at once would both create its tables: one at a time.
+    with open(out / "study.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{out / STUDY_FILE}",
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+            )
+            study = optuna.create_study(
+                study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     # Scores over different numbers of seeds are not comparable: a study keeps its own.
     held = study.user_attrs.get("seeds", 1 if study.trials else None)
     if held is not None and held != seeds:
@@ -311,9 +353,14 @@ def tune(
             "or use another --out"
         )
     study.set_user_attr("seeds", seeds)
-    live = _close_interrupted(study, out, quiet)
     study.sampler = _trial_seeded_tpe(sampler_seed)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
+    objective = _objective(base, space, budget, out, list(overrides or []), seeds, quiet)
+    # First finish the trials whose process died, with their own settings, from their runs'
+    # checkpoints; then sample new ones.
+    while (trial := _take_over(study, storage, out, quiet)) is not None:
+        _run_taken_over(study, storage, trial, objective, quiet)
+    live = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     done = _counted(study, running=False)  # failed trials are replaced
     todo = max(0, trials - done - live)
     if not quiet:
@@ -321,7 +368,6 @@ def tune(
         print(
             f"[tune] {out / STUDY_FILE}: {done} trials done{elsewhere}, {todo} to run", flush=True
         )
-    objective = _objective(base, space, budget, out, list(overrides or []), seeds, quiet)
     callbacks = [] if quiet else [_print_trial]
     if todo:
         # Stop once the study holds N trials, counting those other processes are running.
@@ -399,35 +445,117 @@ def _trial_seeded_tpe(seed: int):
     return Sampler()
 
 
-def _close_interrupted(study, out: Path, quiet: bool) -> int:
-    """Close the running trials whose process is gone as failed, so the study's counts stay
-    true; return how many trials other live processes are running. A trial is live while its
-    heartbeat is fresh. One whose heartbeat is older than GRACE_S was interrupted, and so was
-    one without any heartbeat that started over GRACE_S ago (a study older than heartbeats); a
-    younger one without a heartbeat is a trial another process has just started."""
+def _owner() -> str:
+    """Who runs a trial: this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """True when `owner` is a process of this host that no longer exists."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _run_state(run: RunDir, config: Config) -> str:
+    """'finished', 'resumable' or 'empty' (no usable checkpoint: start the run again)."""
+    try:
+        return run.status(config) if run.is_run() else "empty"
+    except OdepolicyError:  # a checkpoint the kill left unreadable: start again
+        return "empty"
+
+
+def _interrupted(study, out: Path) -> tuple[list, list]:
+    """The running trials whose process is gone: (those that can be taken over, those that
+    cannot: trials without recorded settings). A trial's process is gone when its owner was a
+    process of this host that has exited, when its heartbeat is older than GRACE_S, or, without
+    any heartbeat, when it started over GRACE_S ago (a study older than heartbeats); a younger
+    one without a heartbeat is a trial another process has just started."""
     import sqlite3
     from contextlib import closing
     from datetime import datetime, timedelta
 
     import optuna
 
-    S = optuna.trial.TrialState
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)  # stale heartbeats
     with closing(sqlite3.connect(out / STUDY_FILE)) as con:
-        beating = {row[0] for row in con.execute("SELECT trial_id FROM trial_heartbeats")}
+        rows = con.execute(
+            "SELECT trial_id, heartbeat < datetime('now', ?) FROM trial_heartbeats",
+            (f"-{GRACE_S} seconds",),
+        ).fetchall()  # SQLite's clock, as Optuna writes heartbeats with it
+    stale = {trial_id for trial_id, old in rows if old}
+    beating = {trial_id for trial_id, _ in rows}
     old = datetime.now() - timedelta(seconds=GRACE_S)  # Optuna stores local, naive times
-    live = 0
-    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
-        if t._trial_id in beating or (t.datetime_start and t.datetime_start > old):
-            live += 1
-        else:
-            study.tell(t.number, state=S.FAIL)
-    now = {t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))}
-    for number in sorted(before - now):
-        if not quiet:
-            print(f"[tune] trial {number} was interrupted; marked failed", flush=True)
-    return live
+    adopt, close = [], []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        gone = (
+            _owner_gone(t.user_attrs.get("owner"))
+            or t._trial_id in stale
+            or (t._trial_id not in beating and t.datetime_start and t.datetime_start < old)
+        )
+        if gone:
+            (adopt if "overrides" in t.user_attrs else close).append(t)
+    return adopt, close
+
+
+def _take_over(study, storage, out: Path, quiet: bool):
+    """Claim the first interrupted trial for this process (under the study's lock file, so two
+    processes never take the same one); close those that cannot be continued as failed."""
+    import optuna
+
+    with open(out / "study.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            adopt, close = _interrupted(study, out)
+            for t in close:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                if not quiet:
+                    print(f"[tune] trial {t.number} was interrupted; marked failed", flush=True)
+            if not adopt:
+                return None
+            trial = min(adopt, key=lambda t: t.number)
+            storage.set_trial_user_attr(trial._trial_id, "owner", _owner())
+            storage.record_heartbeat(trial._trial_id)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    if not quiet:
+        print(f"[tune] trial {trial.number} was interrupted; continuing it", flush=True)
+    return trial
+
+
+def _run_taken_over(study, storage, frozen, objective, quiet: bool) -> None:
+    """Finish a claimed trial as Optuna's own loop would: a heartbeat while it runs, then its
+    value, or pruned, or failed with the reason."""
+    import optuna
+
+    trial = optuna.trial.Trial(study, frozen._trial_id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            storage.record_heartbeat(frozen._trial_id)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        value = objective(trial, taken_over=True)
+    except optuna.TrialPruned:
+        study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
+    except OdepolicyError:
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    else:
+        study.tell(frozen.number, value)
+    finally:
+        stop.set()
+        thread.join()
+    if not quiet:
+        _print_trial(study, study.trials[frozen.number])
 
 
 def _print_trial(study, trial) -> None:

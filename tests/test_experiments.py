@@ -11,10 +11,11 @@ from odepolicy.policies.sizing import count_params
 from odepolicy.trainer import train
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(  # every run config: sweep files (configs:) and search spaces are not
-    p
+CONFIGS = sorted(  # every run config: sweep files (configs:), campaign files (tasks:), search
+    p  # spaces and the campaign's picks (each trained by its evaluation runs) are not
     for p in EXPERIMENTS.rglob("*.yaml")
-    if "configs" not in yaml.safe_load(p.read_text()) and "spaces" not in p.parts
+    if not {"configs", "tasks"} & set(yaml.safe_load(p.read_text()))
+    and not {"spaces", "studies"} & set(p.parts)
 )
 TINY = [
     "iterations=1",

@@ -1,0 +1,841 @@
+"""`odepolicy campaign`: a whole comparison (tasks x methods) as stages of resumable units.
+
+A campaign file is YAML, checked by the same typed rules as run configs:
+
+    studies: experiments/comparison/studies   # explore studies, confirm scores, picks (commit)
+    runs: runs/comparison                     # confirm run folders and the log (scratch)
+    results: results/comparison               # evaluation runs: <task>/<method>/s<seed> (commit)
+    parallel: 2                               # units at a time (--parallel)
+    explore: {trials: 12, budget: 1000000, sampler_seed: 0}
+    confirm: {top: 3, seeds: [1, 2]}
+    evaluate: {seeds: [100, 101, 102]}
+    methods:
+      iso_odetoode: {policy: iso_odetoode}
+      iso_odetoode_skip: {policy: iso_odetoode, set: [policy.kwargs.linear_skip=true]}
+    tasks:
+      Swimmer-v5: {base: experiments/comparison/base/Swimmer-v5.yaml, budget: 1000000}
+
+Every (task, method) goes through three stages, the same for every method of a task:
+
+1. explore: an `odepolicy tune` study of `explore.trials` trials of `explore.budget` env steps
+   on the base config's seed (the tuning seed), the family's default space, median pruning, in
+   `<studies>/<task>/<method>/study.sqlite3`. A study that already holds trials is continued.
+2. confirm: the `confirm.top` best complete trials, each trained again with its settings on every
+   `confirm.seeds` seed for the same budget and scored as tune scores (the mean of the last 3
+   evaluations); the pick is the trial with the best median over the tuning seed and these.
+   Each finished run's score is written to `<studies>/<task>/<method>/confirm/`, and the pick,
+   as a config ready for `odepolicy train` with the task's budget, to `.../pick.yaml`.
+3. evaluate: the pick trained for the task's `budget` env steps on each `evaluate.seeds` seed
+   (seeds no tuning saw) as the run folder `<results>/<task>/<method>/s<seed>`.
+
+A unit is one explore study, one confirm run or one evaluation run; a unit becomes ready when
+the stage before it has finished for its (task, method), and units are taken in the file's task
+order. `run` works through the ready units, `parallel` at a time, each as its own process
+(`odepolicy tune` or `odepolicy train`); with `--address` each uses the Ray cluster's fair share.
+It can be killed at any moment: finished units are never run again, a confirm or evaluation run
+continues from its latest checkpoint, and an interrupted explore trial is continued by the next
+tune process from its run's checkpoint with its own settings, so a resumed campaign gives the
+numbers an uninterrupted one gives. Several `run` processes (one per machine on a shared disk)
+can work on one campaign: a run unit is claimed with a lock file, a study is shared as `tune`
+shares it. Within one `run`, a study has one tune process, so its trials run in a fixed order
+and a re-run gives the same study. Every start and end of a unit is a line of `<runs>/campaign.log`.
+
+`status` prints each stage's units done and left per task, the core-hours spent (one core per
+local process) and an estimate of those left from the rates measured so far.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import OdepolicyError
+from .config import build_typed, config_from_dict, dump_config, read_yaml, read_yaml_mapping
+from .rundir import RunDir
+from .sweep import _child_env, stop_processes
+
+__all__ = ["load_campaign", "Campaign", "campaign_command", "STAGES"]
+
+STAGES = ("explore", "confirm", "evaluate")
+LAST_EVALS = 3  # as tune scores a run
+WAIT_S = 5.0  # how often a worker with nothing ready looks again
+
+
+@dataclass
+class ExploreSpec:
+    trials: int = 12
+    budget: int = 1_000_000
+    sampler_seed: int = 0
+
+
+@dataclass
+class ConfirmSpec:
+    top: int = 3
+    seeds: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class EvaluateSpec:
+    seeds: list[int] = field(default_factory=lambda: [100, 101, 102])
+
+
+@dataclass
+class MethodSpec:
+    policy: str = ""
+    label: str = ""  # display name (default: the method's key)
+    set: list[str] = field(default_factory=list)  # overrides of every unit of the method
+
+
+@dataclass
+class TaskSpec:
+    base: str = ""  # base config (its seed is the tuning seed)
+    budget: int = 0  # env steps of an evaluation run
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CampaignFile:
+    studies: str = "runs/campaign/studies"
+    runs: str = "runs/campaign"
+    results: str = "runs/campaign/results"
+    parallel: int = 1
+    explore: ExploreSpec = field(default_factory=ExploreSpec)
+    confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+    methods: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+
+
+def _sets(values, what: str) -> list[str]:
+    for v in values:
+        if not isinstance(v, str) or "=" not in v:
+            raise OdepolicyError(f"{what}: entry {v!r} is not key=value")
+    return list(values)
+
+
+def _find(name: str, base: Path) -> Path:
+    for candidate in (Path(name), base / name):
+        if candidate.is_file():
+            return candidate
+    raise OdepolicyError(f"base config {name!r} not found (relative to the CWD or {base})")
+
+
+def _folder_name(key, what: str) -> str:
+    if not isinstance(key, str) or not key or not all(c.isalnum() or c in "._+-" for c in key):
+        raise OdepolicyError(f"{what} {key!r} must be a folder name (letters, digits, . _ + -)")
+    return key
+
+
+def _entries(mapping: dict, cls, section: str) -> dict:
+    """`methods` or `tasks`: folder-name keys, each a mapping of `cls`'s typed keys."""
+    out = {}
+    for key, value in mapping.items():
+        where = f"{section}.{key}"
+        _folder_name(key, section[:-1])
+        if not isinstance(value, dict):
+            raise OdepolicyError(f"campaign key {where!r} must be a mapping")
+        entry = build_typed(cls, value, where + ".", "campaign key")
+        entry.set = _sets(entry.set, where + ".set")
+        out[key] = entry
+    return out
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and check a campaign file; OdepolicyError names what is wrong (before any work)."""
+    from .policies import POLICIES
+
+    path = Path(path)
+    data = read_yaml_mapping(path, "campaign file", "studies, runs, results, methods, tasks, ...")
+    try:
+        spec = build_typed(CampaignFile, data, kind="campaign key")
+        if not spec.methods or not spec.tasks:
+            raise OdepolicyError("'methods' and 'tasks' must be non-empty mappings")
+        methods = _entries(spec.methods, MethodSpec, "methods")
+        for key, m in methods.items():
+            if m.policy not in POLICIES:
+                known = ", ".join(sorted(POLICIES))
+                raise OdepolicyError(
+                    f"methods.{key}.policy: unknown policy {m.policy!r}; known: {known}"
+                )
+        tasks = _entries(spec.tasks, TaskSpec, "tasks")
+        for key, t in tasks.items():
+            if not t.base:
+                raise OdepolicyError(f"tasks.{key} needs a 'base' config")
+            if t.budget < 1:
+                raise OdepolicyError(f"tasks.{key}.budget must be a positive number of env steps")
+            t.base = str(_find(t.base, path.parent))
+        ex, co, ev = spec.explore, spec.confirm, spec.evaluate
+        if ex.trials < 1 or ex.budget < 1:
+            raise OdepolicyError("explore.trials and explore.budget must be positive")
+        if co.top < 1:
+            raise OdepolicyError("confirm.top must be positive")
+        if spec.parallel < 1:
+            raise OdepolicyError("'parallel' must be a positive integer")
+        for what, seeds in (("confirm.seeds", co.seeds), ("evaluate.seeds", ev.seeds)):
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise OdepolicyError(f"{what} must be a non-empty list of distinct seeds")
+        campaign = Campaign(path, spec, methods, tasks)
+        for task in tasks:  # every config the campaign will build, checked now
+            for method in methods:
+                base = campaign.base_config(task, method)
+                seed = base.seed
+                if seed in co.seeds or seed in ev.seeds or set(co.seeds) & set(ev.seeds):
+                    raise OdepolicyError(
+                        f"tasks.{task}: the tuning seed {seed} and the confirm and evaluate "
+                        "seeds must all differ"
+                    )
+    except OdepolicyError as exc:
+        raise OdepolicyError(f"campaign file {path}: {exc}") from None
+    return campaign
+
+
+class Campaign:
+    """The units of a campaign file and where their files live."""
+
+    def __init__(self, path: Path, spec: CampaignFile, methods: dict, tasks: dict):
+        self.path, self.spec, self.methods, self.tasks = path, spec, methods, tasks
+        self.studies, self.runs = Path(spec.studies), Path(spec.runs)
+        self.results = Path(spec.results)
+        self.cache: dict = {}  # study file -> (its stamp, study, trials)
+
+    # -- configs ---------------------------------------------------------------------------
+    def method_sets(self, task: str, method: str) -> list[str]:
+        """The overrides that make the task's base config this method (as tune's --set)."""
+        m, t = self.methods[method], self.tasks[task]
+        return [f"policy.name={m.policy}", *m.set, *t.set]
+
+    def base_config(self, task: str, method: str):
+        return config_from_dict(read_yaml(self.tasks[task].base), self.method_sets(task, method))
+
+    # -- files -----------------------------------------------------------------------------
+    def study_dir(self, task: str, method: str) -> Path:
+        return self.studies / task / method
+
+    def confirm_score(self, task: str, method: str, trial: int, seed: int) -> Path:
+        return self.study_dir(task, method) / "confirm" / f"trial_{trial:04d}_s{seed}.json"
+
+    def confirm_run(self, task: str, method: str, trial: int, seed: int) -> RunDir:
+        return RunDir(self.runs / "confirm" / task / method / f"trial_{trial:04d}_s{seed}")
+
+    def pick_file(self, task: str, method: str) -> Path:
+        return self.study_dir(task, method) / "pick.yaml"
+
+    def eval_run(self, task: str, method: str, seed: int) -> RunDir:
+        return RunDir(self.results / task / method / f"s{seed}")
+
+    def log(self, line: str) -> None:
+        self.runs.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().isoformat(timespec="seconds")
+        with open(self.runs / "campaign.log", "a") as fh:  # one short O_APPEND write a line
+            fh.write(f"{stamp} {line}\n")
+
+
+# -- the state of each stage, read from the files ------------------------------------------------
+def _study(campaign: Campaign, task: str, method: str):
+    """The explore study, or None before it exists."""
+    import optuna
+
+    db = campaign.study_dir(task, method) / "study.sqlite3"
+    try:
+        stamp = db.stat()
+    except FileNotFoundError:
+        return None
+    key = (stamp.st_mtime_ns, stamp.st_size)  # SQLite rewrites the file on every change
+    cached = campaign.cache.get(db)
+    if cached is None or cached[0] != key:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        study = optuna.load_study(study_name="odepolicy", storage=storage)
+        cached = campaign.cache[db] = (key, study, study.get_trials(deepcopy=False))
+    return _Snapshot(cached[1], cached[2])
+
+
+class _Snapshot:
+    """A study with its trials read once (reading them is most of the cost of a look)."""
+
+    def __init__(self, study, trials):
+        self.study, self.trials = study, trials
+
+    def get_trials(self, deepcopy=False, states=None):
+        return [t for t in self.trials if states is None or t.state in states]
+
+
+def _states(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def explore_state(campaign: Campaign, task: str, method: str) -> str:
+    """'done' (the study holds its trials, none running), 'running' (it holds them counting
+    trials running now) or 'todo'."""
+    study = _study(campaign, task, method)
+    if study is None:
+        return "todo"
+    from .tune import _interrupted
+
+    s = _states(study)
+    finished = s.get("COMPLETE", 0) + s.get("PRUNED", 0)
+    trials = campaign.spec.explore.trials
+    running = s.get("RUNNING", 0)
+    if running:  # a trial whose process died is not running: the next tune takes it over
+        adopt, close = _interrupted(study, campaign.study_dir(task, method))
+        if adopt or close:
+            return "todo"
+    if finished >= trials and not running:
+        return "done"
+    if finished + running >= trials:
+        return "running"
+    return "todo"
+
+
+def top_trials(campaign: Campaign, task: str, method: str) -> list:
+    """The confirm stage's trials: the best complete ones (ties: the earlier trial)."""
+    import optuna
+
+    study = _study(campaign, task, method)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise OdepolicyError(f"the study of {task}/{method} has no complete trial")
+    complete.sort(key=lambda t: (-t.value, t.number))
+    return complete[: campaign.spec.confirm.top]
+
+
+def _read_score(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def confirm_scores(campaign: Campaign, task: str, method: str) -> dict:
+    """{trial number: {seed: score}} for the top trials: the tuning seed's score is the study's
+    value; a confirm seed is there once its run has finished."""
+    out = {}
+    for t in top_trials(campaign, task, method):
+        tuning_seed = campaign.base_config(task, method).seed
+        scores = {tuning_seed: float(t.value)}
+        for seed in campaign.spec.confirm.seeds:
+            record = _read_score(campaign.confirm_score(task, method, t.number, seed))
+            if record is not None:
+                scores[seed] = float(record["score"])
+        out[t.number] = scores
+    return out
+
+
+def pick(campaign: Campaign, task: str, method: str) -> tuple[int, float, dict] | None:
+    """(trial, median score, scores) of the pick once every confirm run has finished."""
+    scores = confirm_scores(campaign, task, method)
+    need = 1 + len(campaign.spec.confirm.seeds)
+    if any(len(s) < need for s in scores.values()):
+        return None
+    medians = {n: float(np.median(list(s.values()))) for n, s in scores.items()}
+    best = min(medians, key=lambda n: (-medians[n], n))
+    return best, medians[best], scores
+
+
+def _trial_sets(trial) -> list[str]:
+    """A trial's own overrides, without where it ran (the backend does not change results)."""
+    return [o for o in trial.user_attrs["overrides"] if not o.startswith("backend.")]
+
+
+def write_pick(campaign: Campaign, task: str, method: str) -> Path:
+    """`pick.yaml`: the picked trial's config with the task's evaluation budget, and a header
+    that states the protocol and the scores behind the pick."""
+    import optuna
+
+    number, median, scores = pick(campaign, task, method)
+    study = _study(campaign, task, method)
+    trial = study.trials[number]
+    spec = campaign.spec
+    sets = [*_trial_sets(trial), f"max_env_steps={campaign.tasks[task].budget}"]
+    config = config_from_dict(read_yaml(campaign.tasks[task].base), sets)
+    n_trials = len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL])
+    per_trial = "; ".join(
+        f"trial {n}: " + ", ".join(f"s{seed} {v:.2f}" for seed, v in sorted(s.items()))
+        for n, s in scores.items()
+    )
+    lines = [
+        f"{task} / {method}: picked by the campaign {campaign.path}.",
+        f"Explore: {n_trials} trials of {spec.explore.budget:,} env steps on seed {config.seed} "
+        "(Optuna TPE, median pruning, the family's default space).",
+        f"Confirm: the best {spec.confirm.top} trials on seeds "
+        f"{', '.join(map(str, spec.confirm.seeds))}, each scored by the mean of its last "
+        f"{LAST_EVALS} evaluations; pick: the best median over seeds.",
+        f"Scores: {per_trial}.",
+        f"Pick: trial {number}, median {median:.2f}. Budget: {campaign.tasks[task].budget:,} "
+        "env steps.",
+    ]
+    header = "".join(f"# {line}\n" for line in lines)
+    path = campaign.pick_file(task, method)
+    config.iterations = 1_000_000_000
+    _write_atomic(path, header + dump_config(config))
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _run_state(run: RunDir) -> str:
+    """'finished', 'resumable' or 'empty' against the run's own config."""
+    try:
+        return run.status() if run.is_run() else "empty"
+    except OdepolicyError:  # unreadable checkpoint (a kill mid-write cannot leave one: atomic)
+        return "empty"
+
+
+# -- units ---------------------------------------------------------------------------------------
+@dataclass
+class Unit:
+    stage: str
+    task: str
+    method: str
+    trial: int | None = None
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.stage == "explore":
+            return f"explore/{self.task}/{self.method}"
+        if self.stage == "confirm":
+            return f"confirm/{self.task}/{self.method}/trial_{self.trial:04d}_s{self.seed}"
+        return f"evaluate/{self.task}/{self.method}/s{self.seed}"
+
+
+def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[Unit] | None:
+    """The units of a stage for (task, method) with their order; None while the stage before
+    has not finished (their list is not known yet)."""
+    if stage == "explore":
+        return [Unit("explore", task, method)]
+    if explore_state(campaign, task, method) != "done":
+        return None
+    if stage == "confirm":
+        return [
+            Unit("confirm", task, method, t.number, seed)
+            for t in top_trials(campaign, task, method)
+            for seed in campaign.spec.confirm.seeds
+        ]
+    if pick(campaign, task, method) is None:
+        return None
+    if not campaign.pick_file(task, method).is_file():  # killed before it was written
+        write_pick(campaign, task, method)
+    return [Unit("evaluate", task, method, seed=s) for s in campaign.spec.evaluate.seeds]
+
+
+def unit_done(campaign: Campaign, unit: Unit) -> bool:
+    if unit.stage == "explore":
+        return explore_state(campaign, unit.task, unit.method) == "done"
+    if unit.stage == "confirm":
+        path = campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed)
+        return _read_score(path) is not None
+    return _run_state(campaign.eval_run(unit.task, unit.method, unit.seed)) == "finished"
+
+
+# -- running -------------------------------------------------------------------------------------
+def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str]:
+    """The `odepolicy tune` or `odepolicy train` command line that does a unit's work."""
+    cli = [sys.executable, "-m", "odepolicy.cli"]
+    task = campaign.tasks[unit.task]
+    if unit.stage == "explore":
+        spec = campaign.spec.explore
+        cmd = [*cli, "tune", task.base, "--trials", str(spec.trials), "--budget", str(spec.budget)]
+        cmd += ["--out", str(campaign.study_dir(unit.task, unit.method))]
+        cmd += ["--sampler-seed", str(spec.sampler_seed)]
+        sets = [*campaign.method_sets(unit.task, unit.method), *backend]
+        return cmd + [a for s in sets for a in ("--set", s)]
+    if unit.stage == "confirm":
+        run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
+        trial = _study(campaign, unit.task, unit.method).trials[unit.trial]
+        sets = [*_trial_sets(trial), f"seed={unit.seed}"]
+        config_path = task.base
+    else:
+        run = campaign.eval_run(unit.task, unit.method, unit.seed)
+        sets = [f"seed={unit.seed}"]
+        config_path = str(campaign.pick_file(unit.task, unit.method))
+    state = _run_state(run)
+    if state == "resumable":  # the run folder's config.yaml holds its settings
+        cmd = [*cli, "train", "--resume", str(run.path)]
+        sets = list(backend)
+    else:
+        cmd = [*cli, "train", config_path, "--out", str(run.path.parent)]
+        cmd += ["--name", run.path.name, "--overwrite"]
+        sets = [*sets, *backend]
+    return cmd + [a for s in sets for a in ("--set", s)] + ["--quiet"]
+
+
+def _finish_confirm(campaign: Campaign, unit: Unit) -> None:
+    run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
+    values = [r.get("eval_return_mean") for r in run.progress.read()]
+    evals = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
+    if not evals:
+        raise OdepolicyError(f"{run.path} logged no evaluation")
+    counters = run.checkpoint_counters() or {}
+    last = evals[-LAST_EVALS:]
+    record = {
+        "task": unit.task,
+        "method": unit.method,
+        "trial": unit.trial,
+        "seed": unit.seed,
+        "score": float(sum(last) / len(last)),
+        "env_steps": int(counters.get("env_steps", 0)),
+        "wall_seconds": float(counters.get("wall_seconds", 0.0)),
+    }
+    path = campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed)
+    _write_atomic(path, json.dumps(record, indent=1) + "\n")
+
+
+class _Lock:
+    """A non-blocking claim on a run unit shared by every campaign process on this disk."""
+
+    def __init__(self, campaign: Campaign, unit: Unit):
+        path = campaign.runs / "locks" / (unit.name.replace("/", "__") + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a")
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            self.fh.close()
+            return False
+
+    def release(self) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+class Runner:
+    """Workers take the next ready unit, in the file's order, until none is left."""
+
+    def __init__(self, campaign: Campaign, parallel: int, backend: list[str], stages, quiet):
+        self.campaign, self.parallel, self.backend = campaign, parallel, backend
+        self.stages, self.quiet = tuple(stages), quiet
+        self.lock = threading.Lock()
+        self.busy: Counter[str] = Counter()  # units this process is running
+        self.failed: dict[str, str] = {}
+        self.ran: list[str] = []
+        self.live: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[campaign] {text}", flush=True)
+
+    def next_unit(self) -> tuple[Unit | None, _Lock | None, bool]:
+        """(a ready unit, its lock) in the file's order, or (None, None, whether work that runs
+        now elsewhere may still make a unit ready)."""
+        c = self.campaign
+        waiting = False
+        for task in c.tasks:
+            for stage in STAGES:
+                if stage not in self.stages:
+                    continue
+                for method in c.methods:
+                    for unit in stage_units(c, task, method, stage) or []:
+                        if unit.name in self.failed or unit_done(c, unit):
+                            continue
+                        if self.busy[unit.name]:  # one worker a unit: a study's trials
+                            waiting = True  # then run in a fixed order, as with one process
+                            continue
+                        if unit.stage == "explore":
+                            if explore_state(c, task, method) == "running":
+                                waiting = True  # its last trials run in other processes
+                                continue
+                            return unit, None, True  # tune processes elsewhere may share it
+                        lock = _Lock(c, unit)
+                        if not lock.acquire():  # another campaign process runs it
+                            waiting = True
+                            continue
+                        if unit_done(c, unit):  # it finished while we looked
+                            lock.release()
+                            continue
+                        return unit, lock, True
+        return None, None, waiting
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                if self.stopping:
+                    return
+                unit, lock, waiting = self.next_unit()
+                if unit is None and not waiting and not sum(self.busy.values()):
+                    return  # nothing left that this process or another could make ready
+                if unit is not None:
+                    self.busy[unit.name] += 1
+            if unit is None:
+                time.sleep(WAIT_S)
+                continue
+            try:
+                self.execute(unit)
+            finally:
+                with self.lock:
+                    self.busy[unit.name] -= 1
+                if lock is not None:
+                    lock.release()
+
+    def execute(self, unit: Unit) -> None:
+        c = self.campaign
+        cmd = unit_command(c, unit, self.backend)
+        logs = c.runs / "_logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        c.log(f"start {unit.name}")
+        self.say(f"start {unit.name}")
+        with open(logs / (unit.name.replace("/", "__") + ".log"), "a") as log:
+            log.write(" ".join(cmd) + "\n")
+            log.flush()
+            with self.lock:
+                if self.stopping:
+                    return
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+                self.live.add(proc)
+            proc.wait()
+            with self.lock:
+                self.live.discard(proc)
+        if self.stopping:
+            return
+        try:
+            if proc.returncode != 0:
+                raise OdepolicyError(f"exit status {proc.returncode}; see {log.name}")
+            if unit.stage == "confirm":
+                _finish_confirm(c, unit)
+                if pick(c, unit.task, unit.method) is not None:
+                    write_pick(c, unit.task, unit.method)
+            elif unit.stage == "explore" and explore_state(c, unit.task, unit.method) == "done":
+                if pick(c, unit.task, unit.method) is not None:  # confirmed earlier
+                    write_pick(c, unit.task, unit.method)
+        except OdepolicyError as exc:
+            with self.lock:
+                self.failed[unit.name] = str(exc)
+            c.log(f"failed {unit.name}: {exc}")
+            self.say(f"failed {unit.name}: {exc}")
+            return
+        if unit.stage == "explore" and not unit_done(c, unit):
+            return  # the study's last trials run in another process
+        with self.lock:
+            if unit.name in self.ran:  # two workers shared the study; it is done once
+                return
+            self.ran.append(unit.name)
+        c.log(f"done {unit.name}")
+        self.say(f"done {unit.name}")
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.live)
+        stop_processes(procs)
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self.work, name=f"campaign-{i}", daemon=True)
+            for i in range(self.parallel)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.5)
+        finally:
+            self.stop()
+
+
+# -- status --------------------------------------------------------------------------------------
+def _trial_seconds(study) -> list[tuple[float, float]]:
+    """(seconds, env steps) of each finished trial: its wall time on one core, and its budget
+    share (a pruned trial ran to the tenth it was pruned at)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)):
+        if not (t.datetime_start and t.datetime_complete):
+            continue
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        budget = next(
+            (int(o.split("=", 1)[1]) for o in t.user_attrs.get("overrides", [])
+             if o.startswith("max_env_steps=")),
+            0,
+        )  # fmt: skip
+        if t.state == S.PRUNED:
+            budget = budget * (max(t.intermediate_values, default=0) + 1) // 10
+        out.append((seconds, float(budget)))
+    return out
+
+
+def status_rows(campaign: Campaign) -> list[dict]:
+    """One row per (task, stage): units done and left, core-hours spent and estimated left."""
+    c = campaign
+    rows = []
+    measured: dict[str, list[tuple[float, float]]] = {}  # task -> (seconds, env steps)
+    explore_trial_s: dict[str, list[float]] = {}
+    pending = []
+    for task in c.tasks:
+        measured[task], explore_trial_s[task] = [], []
+        for stage in STAGES:
+            row = {"task": task, "stage": stage, "done": 0, "left": 0, "spent_s": 0.0}
+            row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
+            for method in c.methods:
+                units = stage_units(c, task, method, stage)
+                if stage == "explore":
+                    study = _study(c, task, method)
+                    pairs = _trial_seconds(study) if study is not None else []
+                    row["spent_s"] += sum(s for s, _ in pairs)
+                    measured[task] += [p for p in pairs if p[1] > 0]
+                    explore_trial_s[task] += [s for s, _ in pairs]
+                    done = explore_state(c, task, method) == "done"
+                    row["done" if done else "left"] += 1
+                    finished = len(pairs)
+                    row["left_trials"] += max(0, c.spec.explore.trials - finished)
+                    continue
+                if units is None:  # not known yet: the stage's usual count
+                    n = c.spec.confirm.top * len(c.spec.confirm.seeds)
+                    n = n if stage == "confirm" else len(c.spec.evaluate.seeds)
+                    row["left"] += n
+                    budget = c.spec.explore.budget if stage == "confirm" else c.tasks[task].budget
+                    row["left_steps"] += n * budget
+                    continue
+                for unit in units:
+                    seconds, steps, budget = _unit_cost(c, unit)
+                    row["spent_s"] += seconds
+                    if steps:
+                        measured[task].append((seconds, float(steps)))
+                    if unit_done(c, unit):
+                        row["done"] += 1
+                    else:
+                        row["left"] += 1
+                        row["left_steps"] += max(0, budget - steps)
+            rows.append(row)
+            pending.append(row)
+    every = [p for pairs in measured.values() for p in pairs]
+    all_trials = [s for v in explore_trial_s.values() for s in v]
+    for row in rows:
+        pairs = measured[row["task"]] or every
+        rate = sum(s for s, _ in pairs) / sum(n for _, n in pairs) if pairs else math.nan
+        if row["stage"] == "explore":
+            per_trial = explore_trial_s[row["task"]] or all_trials
+            mean = float(np.mean(per_trial)) if per_trial else math.nan
+            row["left_s"] = row["left_trials"] * mean if row["left_trials"] else 0.0
+        else:
+            row["left_s"] = row["left_steps"] * rate if row["left_steps"] else 0.0
+    return rows
+
+
+def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
+    """(seconds spent, env steps done, env-step budget) of a run unit."""
+    if unit.stage == "confirm":
+        record = _read_score(campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed))
+        budget = campaign.spec.explore.budget
+        if record is not None:
+            return float(record["wall_seconds"]), int(record["env_steps"]), budget
+        run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
+    else:
+        budget = campaign.tasks[unit.task].budget
+        run = campaign.eval_run(unit.task, unit.method, unit.seed)
+    try:
+        counters = run.checkpoint_counters() or {}
+    except OdepolicyError:
+        counters = {}
+    return float(counters.get("wall_seconds", 0.0)), int(counters.get("env_steps", 0)), budget
+
+
+def _hours(seconds: float) -> str:
+    return "?" if math.isnan(seconds) else f"{seconds / 3600:.2f}"
+
+
+def print_status(campaign: Campaign) -> list[dict]:
+    rows = status_rows(campaign)
+    head = ["task", "stage", "done", "left", "core-h spent", "core-h left (est.)"]
+    table = [
+        [r["task"], r["stage"], str(r["done"]), str(r["left"]), _hours(r["spent_s"]),
+         _hours(r["left_s"])]
+        for r in rows
+    ]  # fmt: skip
+    spent = sum(r["spent_s"] for r in rows)
+    left = sum(r["left_s"] for r in rows)
+    table.append(["all", "", str(sum(r["done"] for r in rows)), str(sum(r["left"] for r in rows)),
+                  _hours(spent), _hours(left)])  # fmt: skip
+    widths = [max(len(head[i]), *(len(t[i]) for t in table)) for i in range(len(head))]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    print(
+        "units: explore = one study per (task, method); confirm = one run per (top trial, seed); "
+        "evaluate = one run per seed. core-hours: one core per local process; the estimate "
+        "uses each task's measured seconds per env step (per trial for explore)."
+    )
+    return rows
+
+
+# -- command line --------------------------------------------------------------------------------
+def _backend_sets(address: str | None, parallel: int) -> list[str]:
+    if not address:
+        return []
+    from .sweep import _cluster_cpus
+
+    workers = max(1, _cluster_cpus(address) // parallel)
+    return ["backend.name=ray", f"backend.address={address}", f"backend.workers={workers}"]
+
+
+def report(campaign: Campaign) -> tuple[Path, Path]:
+    """The comparison figure and table from the evaluation runs, made exactly as `odepolicy
+    plot <results>` makes them (every run with an evaluation; an unfinished one shows in the
+    env-steps column): `<results>.png` (and .pdf) and `<results>_summary.csv` / `.md`."""
+    from .plotting import find_runs, load_run, plot_runs, summary_table, write_table
+
+    runs = [load_run(p) for p in find_runs([campaign.results])] if campaign.results.is_dir() else []
+    runs = [r for r in runs if len(r.returns)]
+    if not runs:
+        raise OdepolicyError(f"no evaluation run in {campaign.results} has an evaluation yet")
+    for run in runs:
+        if _run_state(RunDir(run.path)) != "finished":
+            print(f"odepolicy: note: {run.path} is not finished", file=sys.stderr)
+    stem = campaign.results.parent / campaign.results.name
+    png, _ = plot_runs(runs, stem.with_suffix(".png"))
+    _, md_path = write_table(summary_table(runs), stem)
+    return png, md_path
+
+
+def campaign_command(args) -> int:
+    campaign = load_campaign(args.campaign)
+    if args.action == "status":
+        print_status(campaign)
+        return 0
+    if args.action == "report":
+        png, md = report(campaign)
+        print(md.read_text(), end="")
+        print(f"wrote {png} and {md}")
+        return 0
+    parallel = args.parallel if args.parallel is not None else campaign.spec.parallel
+    if parallel < 1:
+        raise OdepolicyError("--parallel must be at least 1")
+    stages = args.stage or list(STAGES)
+    backend = _backend_sets(args.address, parallel)
+    runner = Runner(campaign, parallel, backend, stages, args.quiet)
+    runner.say(
+        f"{campaign.path}: {len(campaign.tasks)} tasks x {len(campaign.methods)} methods, "
+        f"stages {', '.join(stages)}, {parallel} at a time"
+    )
+    runner.run()
+    if not args.quiet:
+        print_status(campaign)
+    for name, why in runner.failed.items():
+        print(f"odepolicy: unit {name} failed: {why}", file=sys.stderr)
+    return 1 if runner.failed else 0

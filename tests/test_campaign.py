@@ -1,0 +1,223 @@
+"""`odepolicy campaign`: a real (tiny) campaign of real training runs, killed and resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from odepolicy.campaign import load_campaign, status_rows
+from odepolicy.checkpoint import read_checkpoint
+from odepolicy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "env": "InvertedPendulum-v5",
+    "seed": 0,
+    "policy": {"name": "linear"},
+    "es": {"sigma": 0.05, "lr": 0.001, "directions": 8, "shaping": "topb", "top_b": 4},
+    "horizon": 40,
+    "iterations": 1000,
+    "eval_every": 1,
+    "eval_episodes": 1,
+    "checkpoint_every": 1,
+    "normalize_obs": True,
+}
+
+
+def _campaign(root: Path, **changes) -> Path:
+    """A campaign of 2 methods on 1 task with tiny budgets, its folders under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "base.yaml").write_text(yaml.safe_dump(BASE))
+    data = {
+        "studies": str(root / "studies"),
+        "runs": str(root / "runs"),
+        "results": str(root / "results"),
+        "parallel": 2,
+        "explore": {"trials": 3, "budget": 1500},
+        "confirm": {"top": 2, "seeds": [1]},
+        "evaluate": {"seeds": [100]},
+        "methods": {
+            "linear": {"policy": "linear"},
+            "iso_odetoode": {"policy": "iso_odetoode", "set": ["policy.kwargs.hidden=4"]},
+        },
+        "tasks": {"pendulum": {"base": str(root / "base.yaml"), "budget": 2500}},
+        **changes,
+    }
+    path = root / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _start(path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "odepolicy.cli", "campaign", "run", str(path)]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL the campaign and its units (its process group) as soon as ready() holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the campaign never got there"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _log(root: Path) -> list[str]:
+    path = root / "runs" / "campaign.log"
+    return [ln.split(" ", 1)[1] for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+def _numbers(root: Path) -> dict:
+    """Everything a campaign decides and produces: trials, confirm scores, picks, final centres."""
+    import optuna
+
+    out = {}
+    for db in sorted((root / "studies").glob("*/*/study.sqlite3")):
+        study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{db}")
+        key = db.parent.relative_to(root).as_posix()
+        out[key] = [
+            (t.number, t.state.name, t.value, sorted(t.params.items())) for t in study.trials
+        ]
+        # The pick, less its first line (which names the campaign file).
+        out[key + "/pick"] = (db.parent / "pick.yaml").read_text().split("\n", 1)[1]
+    for score in sorted((root / "studies").glob("*/*/confirm/*.json")):
+        record = yaml.safe_load(score.read_text())
+        out[score.relative_to(root).as_posix()] = (record["score"], record["env_steps"])
+    for ckpt in sorted((root / "results").glob("*/*/s*/checkpoints/latest.npz")):
+        arrays, meta = read_checkpoint(ckpt)
+        out[ckpt.relative_to(root).as_posix()] = (
+            {k: v.tobytes() for k, v in arrays.items()},
+            meta["counters"]["env_steps"],
+        )
+    return out
+
+
+def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupted_one(tmp_path):
+    # One campaign straight through.
+    straight = tmp_path / "straight"
+    proc = _start(_campaign(straight))
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log
+    done = [ln for ln in _log(straight) if ln.startswith("done")]
+    assert len(done) == 2 + 2 * 2 + 2, done  # 2 studies, 2 x (2 trials x 1 seed), 2 x 1 seed
+    expected = _numbers(straight)
+    assert len([k for k in expected if k.endswith("latest.npz")]) == 2
+
+    # The same campaign, killed in the middle of an explore trial and of a confirm run.
+    killed = tmp_path / "killed"
+    path = _campaign(killed)
+    trial_ckpts = killed / "studies" / "pendulum" / "iso_odetoode"
+    _kill_when(_start(path), lambda: any(trial_ckpts.glob("trial_0001/checkpoints/latest.npz")))
+    assert not any(ln.startswith("done explore/pendulum/iso") for ln in _log(killed))
+    confirm = killed / "runs" / "confirm" / "pendulum"
+    _kill_when(_start(path), lambda: any(confirm.glob("*/*/checkpoints/latest.npz")))
+    assert not any(ln.startswith("done confirm") for ln in _log(killed))
+    proc = _start(path)
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log
+    lines = _log(killed)
+    done = [ln for ln in lines if ln.startswith("done")]
+    assert sorted(done) == sorted(set(done)) and len(done) == 8, lines  # no unit done twice
+    assert _numbers(killed) == expected
+    # The interrupted trial was continued, not replaced by a new one.
+    tune_log = (killed / "runs" / "_logs" / "explore__pendulum__iso_odetoode.log").read_text()
+    assert "trial 1 was interrupted; continuing it" in tune_log
+
+    # Status: every unit done, nothing left, the time spent measured.
+    campaign = load_campaign(path)
+    rows = status_rows(campaign)
+    assert [(r["stage"], r["done"], r["left"]) for r in rows] == [
+        ("explore", 2, 0),
+        ("confirm", 4, 0),
+        ("evaluate", 2, 0),
+    ]
+    assert all(r["spent_s"] > 0 and r["left_s"] == 0 for r in rows)
+    # The evaluation run is an ordinary run folder with the pick's settings and its own seed.
+    run = killed / "results" / "pendulum" / "iso_odetoode" / "s100"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    pick = yaml.safe_load(
+        (killed / "studies" / "pendulum" / "iso_odetoode" / "pick.yaml").read_text()
+    )
+    assert config["seed"] == 100 and config["max_env_steps"] == 2500
+    assert config["es"] == pick["es"] and config["policy"] == pick["policy"]
+    assert config["policy"]["kwargs"]["hidden"] == 4
+    assert np.isfinite(float(config["policy"]["kwargs"]["output_scale"]))
+
+    # The report is `odepolicy plot` of the evaluation runs.
+    assert main(["campaign", "report", str(path)]) == 0
+    assert _csv_rows(killed / "results_summary.csv") == _plot_rows(killed / "results")
+    assert (killed / "results.png").stat().st_size > 10_000
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _plot_rows(results: Path) -> list[dict]:
+    """The summary table `odepolicy plot` computes from run folders, as its CSV writes it."""
+    from odepolicy.plotting import find_runs, load_run, summary_table
+
+    table = summary_table([load_run(p) for p in find_runs([results])])
+    return [{k: repr(v) if isinstance(v, float) else str(v) for k, v in r.items()} for r in table]
+
+
+def test_the_committed_comparison_table_is_what_plot_computes_from_the_committed_runs():
+    results = ROOT / "results" / "comparison"
+    summary = ROOT / "results" / "comparison_summary.csv"
+    if not any(results.glob("*/*/s*/progress.csv")):
+        assert not summary.exists()  # no table without runs
+        pytest.skip("no evaluation run of the comparison is committed yet")
+    assert _csv_rows(summary) == _plot_rows(results)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"explor": {"trials": 3}}, "unknown campaign key 'explor'"),
+        (
+            {"methods": {"linear": {"polcy": "linear"}}},
+            "unknown campaign key 'methods.linear.polcy'",
+        ),
+        ({"methods": {"x": {"policy": "nope"}}}, "unknown policy 'nope'"),
+        ({"evaluate": {"seeds": [0]}}, "must all differ"),
+        ({"tasks": {"t": {"base": "missing.yaml", "budget": 10}}}, "base config 'missing.yaml'"),
+        ({"confirm": {"top": 0}}, "confirm.top must be positive"),
+    ],
+)
+def test_a_bad_campaign_file_is_one_line_and_exit_2(tmp_path, capsys, change, message):
+    path = _campaign(tmp_path, **change)
+    assert main(["campaign", "status", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "studies").exists()
+
+
+def test_the_shipped_campaign_file_is_valid():
+    campaign = load_campaign(ROOT / "experiments" / "comparison.yaml")
+    assert len(campaign.methods) == 9 and "iso_odetoode_skip" in campaign.methods
+    assert campaign.spec.explore.trials >= 12 and campaign.spec.explore.budget == 1_000_000
+    budgets = {t: spec.budget for t, spec in campaign.tasks.items()}
+    assert budgets == {
+        "Swimmer-v5": 1_000_000,
+        "Hopper-v5": 3_000_000,
+        "HalfCheetah-v5": 3_000_000,
+        "Walker2d-v5": 5_000_000,
+        "swimmer6": 1_000_000,
+    }
+    # Only the labelled variant adds something to its family.
+    extra = {m: spec.set for m, spec in campaign.methods.items() if spec.set}
+    assert extra == {"iso_odetoode_skip": ["policy.kwargs.linear_skip=true"]}
