@@ -28,6 +28,10 @@ Every (task, method) goes through three stages, the same for every method of a t
 3. evaluate: the pick trained for the task's `budget` env steps on each `evaluate.seeds` seed
    (seeds no tuning saw) as the run folder `<results>/<task>/<method>/s<seed>`.
 
+A task with `tune: false` skips explore and confirm: every method is evaluated with the base
+config's settings and its own `set` (one fixed protocol, as for Humanoid), on the task's own
+`seeds` if it gives them.
+
 A unit is one explore study, one confirm run or one evaluation run; a unit becomes ready when
 the stage before it has finished for its (task, method), and units are taken in the file's task
 order. `run` works through the ready units, `parallel` at a time, each as its own process
@@ -103,6 +107,10 @@ class TaskSpec:
     base: str = ""  # base config (its seed is the tuning seed)
     budget: int = 0  # env steps of an evaluation run
     set: list[str] = field(default_factory=list)
+    # false: no explore or confirm; every method is evaluated with the base config's settings
+    # (plus its own `set`), as when one fixed protocol is the comparison (Humanoid).
+    tune: bool = True
+    seeds: list[int] = field(default_factory=list)  # evaluation seeds (default: evaluate.seeds)
 
 
 @dataclass
@@ -187,11 +195,13 @@ def load_campaign(path: str | Path) -> Campaign:
             if not seeds or len(set(seeds)) != len(seeds):
                 raise OdepolicyError(f"{what} must be a non-empty list of distinct seeds")
         campaign = Campaign(path, spec, methods, tasks)
-        for task in tasks:  # every config the campaign will build, checked now
+        for task, t in tasks.items():  # every config the campaign will build, checked now
+            seeds = campaign.eval_seeds(task)
+            if len(set(seeds)) != len(seeds):
+                raise OdepolicyError(f"tasks.{task}.seeds must be distinct")
             for method in methods:
-                base = campaign.base_config(task, method)
-                seed = base.seed
-                if seed in co.seeds or seed in ev.seeds or set(co.seeds) & set(ev.seeds):
+                seed = campaign.base_config(task, method).seed
+                if t.tune and (seed in co.seeds or seed in seeds or set(co.seeds) & set(seeds)):
                     raise OdepolicyError(
                         f"tasks.{task}: the tuning seed {seed} and the confirm and evaluate "
                         "seeds must all differ"
@@ -215,6 +225,9 @@ class Campaign:
         """The overrides that make the task's base config this method (as tune's --set)."""
         m, t = self.methods[method], self.tasks[task]
         return [f"policy.name={m.policy}", *m.set, *t.set]
+
+    def eval_seeds(self, task: str) -> list[int]:
+        return list(self.tasks[task].seeds or self.spec.evaluate.seeds)
 
     def base_config(self, task: str, method: str):
         return config_from_dict(read_yaml(self.tasks[task].base), self.method_sets(task, method))
@@ -386,6 +399,21 @@ def write_pick(campaign: Campaign, task: str, method: str) -> Path:
     return path
 
 
+def write_fixed_pick(campaign: Campaign, task: str, method: str) -> Path:
+    """`pick.yaml` of a task without tuning: the base config with the method's overrides and
+    the task's budget."""
+    t = campaign.tasks[task]
+    sets = [*campaign.method_sets(task, method), f"max_env_steps={t.budget}"]
+    config = config_from_dict(read_yaml(t.base), [*sets, "iterations=1000000000"])
+    lines = [
+        f"{task} / {method}: the campaign {campaign.path} evaluates this task without tuning:",
+        f"the settings of {t.base} for every method, with {', '.join(sets)}.",
+    ]
+    path = campaign.pick_file(task, method)
+    _write_atomic(path, "".join(f"# {line}\n" for line in lines) + dump_config(config))
+    return path
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -422,6 +450,12 @@ class Unit:
 def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[Unit] | None:
     """The units of a stage for (task, method) with their order; None while the stage before
     has not finished (their list is not known yet)."""
+    if not campaign.tasks[task].tune:  # evaluation only, with the base config's settings
+        if stage != "evaluate":
+            return []
+        if not campaign.pick_file(task, method).is_file():
+            write_fixed_pick(campaign, task, method)
+        return [Unit("evaluate", task, method, seed=s) for s in campaign.eval_seeds(task)]
     if stage == "explore":
         return [Unit("explore", task, method)]
     if explore_state(campaign, task, method) != "done":
@@ -436,7 +470,7 @@ def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[
         return None
     if not campaign.pick_file(task, method).is_file():  # killed before it was written
         write_pick(campaign, task, method)
-    return [Unit("evaluate", task, method, seed=s) for s in campaign.spec.evaluate.seeds]
+    return [Unit("evaluate", task, method, seed=s) for s in campaign.eval_seeds(task)]
 
 
 def unit_done(campaign: Campaign, unit: Unit) -> bool:
@@ -694,7 +728,7 @@ def status_rows(campaign: Campaign) -> list[dict]:
             row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
             for method in c.methods:
                 units = stage_units(c, task, method, stage)
-                if stage == "explore":
+                if stage == "explore" and c.tasks[task].tune:
                     study = _study(c, task, method)
                     pairs = _trial_seconds(study) if study is not None else []
                     row["spent_s"] += sum(s for s, _ in pairs)
@@ -707,7 +741,7 @@ def status_rows(campaign: Campaign) -> list[dict]:
                     continue
                 if units is None:  # not known yet: the stage's usual count
                     n = c.spec.confirm.top * len(c.spec.confirm.seeds)
-                    n = n if stage == "confirm" else len(c.spec.evaluate.seeds)
+                    n = n if stage == "confirm" else len(c.eval_seeds(task))
                     row["left"] += n
                     budget = c.spec.explore.budget if stage == "confirm" else c.tasks[task].budget
                     row["left_steps"] += n * budget

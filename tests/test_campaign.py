@@ -221,3 +221,32 @@ def test_the_shipped_campaign_file_is_valid():
     # Only the labelled variant adds something to its family.
     extra = {m: spec.set for m, spec in campaign.methods.items() if spec.set}
     assert extra == {"iso_odetoode_skip": ["policy.kwargs.linear_skip=true"]}
+
+
+def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp_path):
+    """`tune: false`: no study, no confirm run; each method's evaluation runs use the base
+    config with the method's own overrides, on the task's own seeds."""
+    path = _campaign(
+        tmp_path,
+        tasks={
+            "fixed": {"base": str(tmp_path / "base.yaml"), "budget": 600, "tune": False,
+                      "seeds": [7]}
+        },
+    )  # fmt: skip
+    assert main(["campaign", "run", str(path), "--quiet"]) == 0
+    assert not (tmp_path / "studies" / "fixed" / "linear" / "study.sqlite3").exists()
+    for method, hidden in (("linear", None), ("iso_odetoode", 4)):
+        run = tmp_path / "results" / "fixed" / method / "s7"
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["seed"] == 7 and config["max_env_steps"] == 600
+        assert config["es"]["sigma"] == BASE["es"]["sigma"] and config["es"]["top_b"] == 4
+        assert config["policy"]["name"] == method
+        assert config["policy"]["kwargs"].get("hidden") == hidden
+        counters = read_checkpoint(run / "checkpoints" / "latest.npz")[1]["counters"]
+        assert counters["env_steps"] >= 600
+    rows = {r["stage"]: r for r in status_rows(load_campaign(path))}
+    assert [(rows[s]["done"], rows[s]["left"]) for s in ("explore", "confirm", "evaluate")] == [
+        (0, 0),
+        (0, 0),
+        (2, 0),
+    ]
