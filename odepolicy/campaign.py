@@ -119,6 +119,9 @@ class CampaignFile:
     runs: str = "runs/campaign"
     results: str = "runs/campaign/results"
     parallel: int = 1
+    # Iterations between checkpoints of every trial and run: a killed campaign loses at most
+    # this many iterations of each unit it was running. The numbers do not depend on it.
+    checkpoint_every: int = 10
     explore: ExploreSpec = field(default_factory=ExploreSpec)
     confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
@@ -189,8 +192,8 @@ def load_campaign(path: str | Path) -> Campaign:
             raise OdepolicyError("explore.trials and explore.budget must be positive")
         if co.top < 1:
             raise OdepolicyError("confirm.top must be positive")
-        if spec.parallel < 1:
-            raise OdepolicyError("'parallel' must be a positive integer")
+        if spec.parallel < 1 or spec.checkpoint_every < 1:
+            raise OdepolicyError("'parallel' and 'checkpoint_every' must be positive integers")
         for what, seeds in (("confirm.seeds", co.seeds), ("evaluate.seeds", ev.seeds)):
             if not seeds or len(set(seeds)) != len(seeds):
                 raise OdepolicyError(f"{what} must be a non-empty list of distinct seeds")
@@ -265,7 +268,9 @@ def _study(campaign: Campaign, task: str, method: str):
         stamp = db.stat()
     except FileNotFoundError:
         return None
-    key = (stamp.st_mtime_ns, stamp.st_size)  # SQLite rewrites the file on every change
+    with open(db, "rb") as fh:  # SQLite's file change counter: bytes 24-27 of the header
+        counter = fh.read(28)[24:]
+    key = (stamp.st_mtime_ns, stamp.st_size, counter)
     cached = campaign.cache.get(db)
     if cached is None or cached[0] != key:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -487,12 +492,13 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
     """The `odepolicy tune` or `odepolicy train` command line that does a unit's work."""
     cli = [sys.executable, "-m", "odepolicy.cli"]
     task = campaign.tasks[unit.task]
+    keep = [f"checkpoint_every={campaign.spec.checkpoint_every}"]
     if unit.stage == "explore":
         spec = campaign.spec.explore
         cmd = [*cli, "tune", task.base, "--trials", str(spec.trials), "--budget", str(spec.budget)]
         cmd += ["--out", str(campaign.study_dir(unit.task, unit.method))]
         cmd += ["--sampler-seed", str(spec.sampler_seed)]
-        sets = [*campaign.method_sets(unit.task, unit.method), *backend]
+        sets = [*campaign.method_sets(unit.task, unit.method), *backend, *keep]
         return cmd + [a for s in sets for a in ("--set", s)]
     if unit.stage == "confirm":
         run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
@@ -506,11 +512,11 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
     state = _run_state(run)
     if state == "resumable":  # the run folder's config.yaml holds its settings
         cmd = [*cli, "train", "--resume", str(run.path)]
-        sets = list(backend)
+        sets = [*backend, *keep]
     else:
         cmd = [*cli, "train", config_path, "--out", str(run.path.parent)]
         cmd += ["--name", run.path.name, "--overwrite"]
-        sets = [*sets, *backend]
+        sets = [*sets, *backend, *keep]
     return cmd + [a for s in sets for a in ("--set", s)] + ["--quiet"]
 
 
@@ -645,6 +651,7 @@ class Runner:
                 self.live.discard(proc)
         if self.stopping:
             return
+        c.cache.clear()  # read what the unit wrote afresh
         try:
             if proc.returncode != 0:
                 raise OdepolicyError(f"exit status {proc.returncode}; see {log.name}")
@@ -718,11 +725,11 @@ def status_rows(campaign: Campaign) -> list[dict]:
     """One row per (task, stage): units done and left, core-hours spent and estimated left."""
     c = campaign
     rows = []
-    measured: dict[str, list[tuple[float, float]]] = {}  # task -> (seconds, env steps)
+    measured: dict[str, list[tuple[float, float]]] = {}  # task -> explore (seconds, steps)
+    runs: dict[str, list[tuple[float, float]]] = {}  # task -> confirm/evaluate (seconds, steps)
     explore_trial_s: dict[str, list[float]] = {}
-    pending = []
     for task in c.tasks:
-        measured[task], explore_trial_s[task] = [], []
+        measured[task], explore_trial_s[task], runs[task] = [], [], []
         for stage in STAGES:
             row = {"task": task, "stage": stage, "done": 0, "left": 0, "spent_s": 0.0}
             row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
@@ -750,25 +757,33 @@ def status_rows(campaign: Campaign) -> list[dict]:
                     seconds, steps, budget = _unit_cost(c, unit)
                     row["spent_s"] += seconds
                     if steps:
-                        measured[task].append((seconds, float(steps)))
+                        runs[task].append((seconds, float(steps)))
                     if unit_done(c, unit):
                         row["done"] += 1
                     else:
                         row["left"] += 1
                         row["left_steps"] += max(0, budget - steps)
             rows.append(row)
-            pending.append(row)
+
+    def rate(pairs) -> float:
+        return sum(s for s, _ in pairs) / sum(n for _, n in pairs) if pairs else math.nan
+
     every = [p for pairs in measured.values() for p in pairs]
+    explore_rate = {task: rate(measured[task] or every) for task in c.tasks}
+    # Studies may have run on another machine: scale their rates by how this campaign's runs
+    # compare with them on the same tasks (1 until a run has been measured).
+    pairs = [(s, n * explore_rate[t]) for t in c.tasks for s, n in runs[t]]
+    factor = rate(pairs) if pairs and not math.isnan(rate(pairs)) else 1.0
     all_trials = [s for v in explore_trial_s.values() for s in v]
     for row in rows:
-        pairs = measured[row["task"]] or every
-        rate = sum(s for s, _ in pairs) / sum(n for _, n in pairs) if pairs else math.nan
+        task = row["task"]
         if row["stage"] == "explore":
-            per_trial = explore_trial_s[row["task"]] or all_trials
-            mean = float(np.mean(per_trial)) if per_trial else math.nan
+            per_trial = explore_trial_s[task] or all_trials
+            mean = float(np.mean(per_trial)) * factor if per_trial else math.nan
             row["left_s"] = row["left_trials"] * mean if row["left_trials"] else 0.0
         else:
-            row["left_s"] = row["left_steps"] * rate if row["left_steps"] else 0.0
+            r = rate(runs[task]) if runs[task] else explore_rate[task] * factor
+            row["left_s"] = row["left_steps"] * r if row["left_steps"] else 0.0
     return rows
 
 
@@ -813,7 +828,8 @@ def print_status(campaign: Campaign) -> list[dict]:
     print(
         "units: explore = one study per (task, method); confirm = one run per (top trial, seed); "
         "evaluate = one run per seed. core-hours: one core per local process; the estimate "
-        "uses each task's measured seconds per env step (per trial for explore)."
+        "uses each task's measured seconds per env step (per trial for explore), with rates "
+        "from studies run elsewhere scaled by this campaign's measured runs."
     )
     return rows
 

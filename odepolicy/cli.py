@@ -1,4 +1,4 @@
-"""Command line: odepolicy train | evaluate | plot | sweep | tune | campaign | bench.
+"""Command line: odepolicy train | evaluate | plot | sweep | tune | campaign | bench | export.
 
 Every user error (bad config, unknown id, damaged file) is an OdepolicyError: printed on one line
 as `odepolicy: error: ...` with exit status 2, never a traceback.
@@ -18,6 +18,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from . import OdepolicyError, __version__  # noqa: E402
+from .checkpoint import CHECKPOINTS  # noqa: E402
 from .config import BACKENDS  # noqa: E402
 from .plotting import BANDS, X_AXES  # noqa: E402
 
@@ -73,7 +74,19 @@ def _add_evaluate(sub) -> None:
         "(mean +- std, min, max) and episode lengths. With the default seeds this reproduces the "
         "trainer's own evaluation. A video follows the agent with the model's tracking camera.",
     )
-    p.add_argument("path", help="run folder (uses checkpoints/latest.npz) or a checkpoint file")
+    p.add_argument(
+        "path",
+        help="run folder (uses checkpoints/<--checkpoint>.npz), a checkpoint file, or a policy "
+        "from `odepolicy export` (.onnx, run by onnxruntime on CPU, or its npz): the same "
+        "episodes, seeds and lockstep batches, so the numbers compare",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=list(CHECKPOINTS),
+        default=None,
+        help="which checkpoint of a run folder: latest (default: the newest state) or best "
+        "(the centre with the best evaluation during training)",
+    )
     p.add_argument(
         "--episodes", type=int, default=None, help="episodes (default: run's eval_episodes)"
     )
@@ -293,6 +306,32 @@ def _add_campaign(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-unit lines")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a trained policy as one ONNX graph or plain arrays (npz)",
+        description="Export the centre policy of a run folder or checkpoint: one ONNX graph "
+        "from the raw observation (input `obs`, [batch, obs_dim], float64) to the clipped action "
+        "(output `action`, [batch, act_dim], float64), with the observation normaliser folded "
+        "in and the parameter-only matrix flow precomputed; or (npz) the same arrays for "
+        "odepolicy.export.npz_act, a numpy function printed in the README.",
+    )
+    p.add_argument("path", help="run folder (uses checkpoints/<--checkpoint>.npz) or checkpoint")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx or .npz)")
+    p.add_argument(
+        "--format",
+        default=None,
+        metavar="onnx|npz",
+        help="onnx (needs the onnx package) or npz (default: from the suffix of --out)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=list(CHECKPOINTS),
+        default=None,
+        help="which checkpoint of a run folder: latest (default) or best",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odepolicy",
@@ -301,20 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"odepolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     adders = (_add_train, _add_evaluate, _add_plot, _add_sweep, _add_tune, _add_campaign)
-    for add in (*adders, _add_bench):
+    for add in (*adders, _add_bench, _add_export):
         add(sub)
     return parser
 
 
 def cmd_train(args) -> int:
+    from .rundir import RunDir
     from .trainer import resume, train
 
     if args.resume:
         if args.config:
             raise OdepolicyError("give either a CONFIG or --resume RUN_DIR, not both")
+        run = RunDir(args.resume)
+        if run.is_run():
+            config = run.read_config(args.overrides)
+            if run.status(config) == "resumable":  # it will train
+                _warn_budget(config)
         summary = resume(args.resume, args.overrides, show_progress=not args.quiet)
     else:
         config = _train_config(args)
+        _warn_budget(config)
         summary = train(config, args.out, args.name, not args.quiet, args.overwrite)
     print(
         f"run {summary['run_dir']}: {summary['iteration']} iterations, "
@@ -322,6 +368,15 @@ def cmd_train(args) -> int:
         f"{summary['eval_return_mean']:.2f} +- {summary['eval_return_std']:.2f}"
     )
     return 0
+
+
+def _warn_budget(config) -> None:
+    """Announce, before training, a budget that one iteration can overshoot."""
+    from .trainer import budget_warning
+
+    message = budget_warning(config)
+    if message:
+        print(f"odepolicy: warning: {message}", file=sys.stderr)
 
 
 def _train_config(args):
@@ -352,6 +407,7 @@ def cmd_evaluate(args) -> int:
 
     out = evaluate_checkpoint(
         args.path,
+        checkpoint=args.checkpoint,
         episodes=args.episodes,
         seed=args.seed,
         env_id=args.env,
@@ -373,8 +429,9 @@ def cmd_evaluate(args) -> int:
     noise = ""
     if out["obs_noise"] or out["action_noise"]:
         noise = f", obs noise {out['obs_noise']:g}, action noise {out['action_noise']:g}"
+    policy = f"{out['policy']} ({out['exported']} export)" if out["exported"] else out["policy"]
     print(
-        f"{out['env_id']} {out['policy']}: return {out['mean']:.2f} +- {out['std']:.2f} "
+        f"{out['env_id']} {policy}: return {out['mean']:.2f} +- {out['std']:.2f} "
         f"over {out['episodes']} episodes (seeds {out['seed']}..{last_seed}{noise})"
     )
     print(
@@ -422,6 +479,18 @@ def cmd_bench(args) -> int:
     return bench_command(args)
 
 
+def cmd_export(args) -> int:
+    from .export import export_policy
+
+    out = export_policy(args.path, args.out, args.format, args.checkpoint)
+    print(
+        f"exported {out['policy']} ({out['env_id']}, iteration {out['iteration']}, "
+        f"{out['checkpoint']}) to {out['path']}: {out['format']}, {out['bytes'] / 1024:.1f} KiB, "
+        f"obs [batch, {out['obs_dim']}] float64 -> action [batch, {out['act_dim']}] float64"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -430,6 +499,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "campaign": cmd_campaign,
     "bench": cmd_bench,
+    "export": cmd_export,
 }
 
 

@@ -60,7 +60,12 @@ class Config:
     eval_every: int = 5  # evaluate the centre policy every k iterations (and at the end)
     eval_episodes: int = 5
     checkpoint_every: int = 10
+    # periodic checkpoints kept (the newest K; null keeps all); latest and best always stay
+    keep_checkpoints: int | None = 5
     normalize_obs: bool = True
+    # write the progress rows as TensorBoard event files under RUN/tensorboard/ (needs the
+    # tensorboard package: pip install 'odepolicy[tensorboard]')
+    tensorboard: bool = False
     device: str = "cpu"  # cpu | cuda | auto
     backend: BackendConfig = field(default_factory=BackendConfig)
 
@@ -74,6 +79,11 @@ class Config:
             (self.eval_every >= 1, "eval_every", "must be at least 1"),
             (self.eval_episodes >= 1, "eval_episodes", "must be at least 1"),
             (self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1"),
+            (
+                self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+                "keep_checkpoints",
+                "must be at least 1 (or null to keep every periodic checkpoint)",
+            ),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
             (
                 self.backend.name in BACKENDS,

@@ -8,6 +8,12 @@ from a generator seeded by the episode's own seed, so a noisy evaluation is repe
 episode gives the same return alone or in a batch. Training never builds a `NoisyEnv`, so its
 results are untouched.
 
+An exported policy (`odepolicy export`: a .onnx file, run by onnxruntime on CPU, or an export
+npz, run by `export.npz_act`) goes through the same `evaluate_population` with the same seeds
+and lockstep batches; its normaliser and action clip are inside it, so the rollout hands it raw
+observations (mean 0, std 1, no clip: the identity). Its returns equal the checkpoint's to
+rounding.
+
 Video: the first K episodes are run again, one at a time, through the same rollout function in
 an environment that renders a frame at reset and after every step (`_RecordingEnv`), so the video
 shows exactly the evaluated episodes. Frames come from MuJoCo's offscreen renderer on the
@@ -32,6 +38,7 @@ import numpy as np
 from . import OdepolicyError
 from .checkpoint import load_policy, resolve_checkpoint
 from .envs import Env, make_env
+from .export import exported_format, load_exported
 from .policies import policy_for_env
 from .rollout import RolloutWorker, evaluate_population
 
@@ -133,6 +140,7 @@ def evaluate_checkpoint(
     env_id: str | None = None,
     horizon: int | None = None,
     *,
+    checkpoint: str | None = None,
     obs_noise: float = 0.0,
     action_noise: float = 0.0,
     video: str | os.PathLike | None = None,
@@ -143,12 +151,24 @@ def evaluate_checkpoint(
     show_progress: bool = False,
     video_every: int = 1,
 ) -> dict:
-    """Evaluate the centre policy of a checkpoint (file or run folder) over `episodes` seeded
-    episodes, seeds `seed`, `seed + 1`, ...; optionally render the first `video_episodes` of
-    them to `video` (.mp4 or .gif). Returns the record `odepolicy evaluate --json` prints, with
-    `returns` and `lengths` as numpy arrays."""
-    checkpoint = resolve_checkpoint(path)
-    _, theta, normalizer, meta = load_policy(checkpoint)
+    """Evaluate the centre policy of a checkpoint (a file, or a run folder's `checkpoint`:
+    latest by default, or best), or a policy from `odepolicy export` (.onnx or npz), over
+    `episodes` seeded episodes, seeds `seed`, `seed + 1`, ...; optionally render the first
+    `video_episodes` of them to `video` (.mp4 or .gif). Returns the record `odepolicy evaluate
+    --json` prints, with `returns` and `lengths` as numpy arrays."""
+    exported = exported_format(path)  # a policy from `odepolicy export`: .onnx or npz
+    if exported:
+        if checkpoint is not None:
+            raise OdepolicyError(
+                f"--checkpoint {checkpoint} picks a file of a run folder, but {path} is an "
+                f"exported policy"
+            )
+        file = Path(path)
+        exported_policy = load_exported(file)
+        theta, meta = np.zeros(0), exported_policy.meta
+    else:
+        file = resolve_checkpoint(path, checkpoint)
+        _, theta, normalizer, meta = load_policy(file)
     env_id = env_id or meta["env"]["env_id"]
     episodes, seed, horizon = _episodes_seed_horizon(meta, episodes, seed, horizon)
     obs_noise = _check_noise("--obs-noise", obs_noise)
@@ -170,21 +190,26 @@ def evaluate_checkpoint(
         _check_sizes(env.spec, meta)
         if settings is not None:  # an unknown camera fails now, not after the evaluation
             agent_camera(env.physics()[0], settings.camera)
-        # Sized and clipped to the evaluated env's action box, as the trainer's workers do.
-        policy = policy_for_env(
-            env.spec, {"name": meta["policy"]["name"], **meta["policy"]["kwargs"]}
-        )
-        mean, std = normalizer.mean_std()
-        normalization = (mean, std, normalizer.active_clip)
+        if exported:  # normaliser and action clip are inside: it takes raw observations
+            policy = exported_policy
+            normalization = (np.zeros(env.spec.obs_dim), np.ones(env.spec.obs_dim), None)
+        else:
+            # Sized and clipped to the evaluated env's action box, as the trainer's workers do.
+            policy = policy_for_env(
+                env.spec, {"name": meta["policy"]["name"], **meta["policy"]["kwargs"]}
+            )
+            mean, std = normalizer.mean_std()
+            normalization = (mean, std, normalizer.active_clip)
         seeds = [seed + k for k in range(episodes)]
         returns, lengths, reasons = _run_episodes(
             policy, theta, normalization, env, new_env, seeds, horizon
         )
         record = summarize(returns, lengths, reasons)
         record.update(
-            checkpoint=str(checkpoint),
+            checkpoint=str(file),
             env_id=env_id,
             policy=meta["policy"]["name"],
+            exported=exported,
             episodes=episodes,
             seed=seed,
             horizon=horizon,

@@ -2,8 +2,17 @@
 
     RUN/config.yaml          the resolved config
     RUN/progress.csv         one row per iteration (PROGRESS_COLUMNS), appended and flushed
-    RUN/checkpoints/         latest.npz, plus iter_NNNNNN.npz every `checkpoint_every`
+    RUN/checkpoints/         latest.npz, plus iter_NNNNNN.npz every `checkpoint_every` (the
+                             newest `keep_checkpoints` of them), and best.npz: the state whose
+                             centre had the best evaluation so far
     RUN/meta.json            library versions, command line, host, start time (and extras)
+    RUN/tensorboard/         event files of the progress rows (`tensorboard: true`;
+                             written by `loggers.TensorBoardLogger`)
+
+Every file is written atomically (or, progress.csv, a whole row at a time), and a write the file
+system refuses (a full disk, a file-size limit, a read-only folder) is an OdepolicyError that
+names the file, the OS's reason and how to continue the run, with the folder left as it was
+before that write: its latest checkpoint valid, no temporary files, no partial rows.
 
 A run folder is `empty` (no checkpoint yet), `resumable` (a checkpoint short of the config's
 budget) or `finished` (the checkpoint reached `iterations` or `max_env_steps`, or its last
@@ -13,12 +22,16 @@ the sweep, the tuner and the plots all go through `RunDir`, so the format lives 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import functools
+import io
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
@@ -28,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from . import OdepolicyError, __version__
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, read_checkpoint, save_checkpoint
 from .config import Config, config_from_dict, dump_config, env_slug, read_yaml
 from .state import budget_spent
 
@@ -94,24 +107,92 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _os_cause(exc: OSError) -> str:
+    """`No space left on device (ENOSPC)`: the OS's reason for a failed call, on one line."""
+    name = errno.errorcode.get(exc.errno or 0)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason} ({name})" if name else reason
+
+
+def _write_failed(run: Path, file: Path, exc: OSError, hint: bool = True) -> OdepolicyError:
+    """The one-line error for a write the file system refused, saying how to go on."""
+    message = f"cannot write {file}: {_os_cause(exc)}"
+    if not hint:
+        return OdepolicyError(message)
+    run = RunDir(run)
+    if run.latest.is_file():
+        try:
+            at = f" (iteration {int(run.read_latest()[1]['iteration'])})"
+        except (OdepolicyError, KeyError, TypeError, ValueError):
+            at = ""
+        message += (
+            f"; the run stopped and its last checkpoint{at} is intact: once the cause is "
+            f"fixed, continue it with `odepolicy train --resume {run.path}`"
+        )
+    elif run.is_run():
+        message += (
+            "; the run stopped before its first checkpoint: once the cause is fixed, start it "
+            f"again with `{run.restart_command()}`"
+        )
+    return OdepolicyError(message)
+
+
+@contextlib.contextmanager
+def _writing(run: Path, file: Path, hint: bool = True):
+    """Turn an OSError of writing `file` of run folder `run` into a one-line OdepolicyError
+    (saying how to continue the run when `hint`)."""
+    try:
+        yield
+    except OSError as exc:
+        raise _write_failed(run, file, exc, hint) from None
+
+
+def _csv_line(values: list[str]) -> bytes:
+    """One progress.csv line, quoted and terminated as csv.DictWriter writes it."""
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue().encode()
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
 class ProgressWriter:
-    """Appends rows to progress.csv, flushing each so a crash loses at most one row."""
+    """Appends rows to progress.csv, each in one write flushed to the OS, so a crash loses at
+    most one row. A write the file system refuses is undone (the file cut back to its last
+    whole row) and raised as a one-line OdepolicyError."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self.fh = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=PROGRESS_COLUMNS)
-        if new:
-            self.writer.writeheader()
-            self.fh.flush()
+        self.fd: int | None = None
+        with _writing(self.path.parent, self.path):
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            if os.fstat(self.fd).st_size == 0:
+                self._append(_csv_line(PROGRESS_COLUMNS))
+        except BaseException:
+            self.close()
+            raise
 
     def write(self, row: dict) -> None:
-        self.writer.writerow({k: _fmt(row.get(k)) for k in PROGRESS_COLUMNS})
-        self.fh.flush()
+        self._append(_csv_line([_fmt(row.get(k)) for k in PROGRESS_COLUMNS]))
+
+    def _append(self, line: bytes) -> None:
+        size = os.fstat(self.fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, size)  # no partial row: a resumed run appends after it
+            raise _write_failed(self.path.parent, self.path, exc) from None
 
     def close(self) -> None:
-        self.fh.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self):
         return self
@@ -155,18 +236,19 @@ class ProgressFile:
         return rows
 
     def truncate(self, iteration: int) -> None:
-        """Drop rows logged after `iteration` (the checkpoint a run resumes from), so a resumed
-        run logs each iteration once."""
+        """Drop rows logged after `iteration` (the checkpoint a run resumes from), and a last
+        row cut short by a crash, so a resumed run logs each iteration once."""
         rows = self.read()
-        keep = [r for r in rows if int(r["iteration"]) <= iteration]
+        partial = bool(rows) and not self.path.read_bytes().endswith(b"\n")
+        keep = [r for r in rows[: len(rows) - partial] if int(r["iteration"]) <= iteration]
         if len(keep) == len(rows):
             return
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(keep)
-        os.replace(tmp, self.path)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=PROGRESS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(keep)
+        with _writing(self.path.parent, self.path):
+            _write_text(self.path, buf.getvalue())
 
     def final_eval(self) -> float | None:
         """The last logged centre-policy evaluation return, if any."""
@@ -186,12 +268,28 @@ class RunDir:
     meta_file = property(lambda self: self.path / "meta.json")
     checkpoint_dir = property(lambda self: self.path / "checkpoints")
     latest = property(lambda self: self.checkpoint_dir / "latest.npz")
+    best = property(lambda self: self.checkpoint_dir / "best.npz")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
     def periodic(self, iteration: int) -> Path:
         return self.checkpoint_dir / f"iter_{int(iteration):06d}.npz"
 
+    def periodic_files(self) -> list[Path]:
+        """The periodic checkpoints on disk, oldest iteration first."""
+        found = []
+        for path in self.checkpoint_dir.glob("iter_*.npz"):
+            match = re.fullmatch(r"iter_(\d+)\.npz", path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
     def is_run(self) -> bool:
         return self.config_file.is_file()
+
+    def restart_command(self) -> str:
+        """The command that starts this run again from its own config.yaml."""
+        p = self.path
+        return f"odepolicy train {self.config_file} --out {p.parent} --name {p.name} --overwrite"
 
     def has_progress(self) -> bool:
         return self.is_run() and self.progress_file.is_file()
@@ -210,14 +308,17 @@ class RunDir:
                 )
             if not self.is_run():
                 raise OdepolicyError(f"refusing to overwrite {self.path}: it is not a run folder")
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+            with _writing(self.path, self.path, hint=False):
+                shutil.rmtree(self.path)
+        with _writing(self.path, self.path, hint=False):
+            self.path.mkdir(parents=True, exist_ok=True)
         self.write_config(config)
         self.write_meta(config)
         return self
 
     def write_config(self, config: Config) -> None:
-        self.config_file.write_text(dump_config(config))
+        with _writing(self.path, self.config_file):
+            _write_text(self.config_file, dump_config(config))
 
     def read_config(self, overrides: list[str] | None = None) -> Config:
         if not self.is_run():
@@ -266,26 +367,50 @@ class RunDir:
             return {}
 
     def _write_json(self, meta: dict) -> None:
-        tmp = self.meta_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, self.meta_file)
+        with _writing(self.path, self.meta_file):
+            _write_text(self.meta_file, json.dumps(meta, indent=2) + "\n")
 
     # -- checkpoints and status ------------------------------------------------------------
-    def save_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict, periodic: bool) -> Path:
-        """Write `latest.npz` (and `iter_NNNNNN.npz` when `periodic`) atomically."""
-        latest = save_checkpoint(self.latest, arrays, meta)
+    def _save(self, file: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+        with _writing(self.path, file):
+            return save_checkpoint(file, arrays, meta)
+
+    def save_checkpoint(
+        self, arrays: dict[str, np.ndarray], meta: dict, periodic: bool, keep: int | None = None
+    ) -> Path:
+        """Write `latest.npz` (and `iter_NNNNNN.npz` when `periodic`, then remove periodic
+        checkpoints beyond the newest `keep`; None keeps all) atomically."""
+        latest = self._save(self.latest, arrays, meta)
         if periodic:
-            save_checkpoint(self.periodic(meta["iteration"]), arrays, meta)
+            self._save(self.periodic(meta["iteration"]), arrays, meta)
+            if keep is not None:
+                for old in self.periodic_files()[:-keep]:
+                    with _writing(self.path, old):
+                        old.unlink()
         return latest
 
-    def save_state(self, state, config: Config, env_spec) -> Path:
-        """Checkpoint a `state.TrainState` (periodic every `config.checkpoint_every`)."""
+    def save_state(
+        self, state, config: Config, env_spec, best: bool = False, latest: bool = True
+    ) -> None:
+        """Checkpoint a `state.TrainState`: `best.npz` when `best` (first, so that `latest`
+        never records a best evaluation that best.npz lacks), then `latest.npz` when `latest`
+        (periodic every `config.checkpoint_every`, `config.keep_checkpoints` of them kept)."""
         arrays, meta = state.to_checkpoint(config, env_spec, library_versions())
-        periodic = state.counters.iteration % config.checkpoint_every == 0
-        return self.save_checkpoint(arrays, meta, periodic)
+        if best:
+            self._save(self.best, arrays, meta)
+        if latest:
+            periodic = state.counters.iteration % config.checkpoint_every == 0
+            self.save_checkpoint(arrays, meta, periodic, config.keep_checkpoints)
 
     def read_latest(self) -> tuple[dict[str, np.ndarray], dict]:
         return read_checkpoint(self.latest)
+
+    def best_eval(self) -> float | None:
+        """The evaluation mean return best.npz was saved for; None without one."""
+        if not self.best.is_file():
+            return None
+        value = read_checkpoint(self.best)[1].get("counters", {}).get("best_eval")
+        return None if value is None else float(value)
 
     def checkpoint_counters(self) -> dict | None:
         """Counters of the latest checkpoint (iteration, env_steps, ...); None without one."""

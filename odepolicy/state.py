@@ -67,6 +67,7 @@ class Counters:
     wall_seconds: float = 0.0
     failed_total: int = 0
     target_reached: bool = False  # the last evaluation reached config.target_return
+    best_eval: float | None = None  # the best evaluation mean so far (best.npz's centre)
 
 
 def budget_spent(config, counters) -> bool:

@@ -4,7 +4,9 @@ A run is a pure function of its config and seed: the iteration's noise and envir
 derived from (seed, iteration), results come back sorted by perturbation index and observation
 statistics are merged in that order, so any backend and any number of workers give the same
 centre parameters. The whole state (`state.TrainState`) goes into each checkpoint, so `--resume`
-continues bit for bit. The run folder's format belongs to `rundir`, reporting to `loggers`.
+continues bit for bit. An evaluation that beats the best so far (`Counters.best_eval`, kept
+across resumes) also saves the state as the run's best checkpoint. The run folder's format
+belongs to `rundir`, reporting to `loggers`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from .backends import Backend, make_backend
 from .config import Config
 from .envs import EnvSpec, env_spec
 from .es import RiemannianES
-from .loggers import Logger, ProgressBarLogger, ProgressCSVLogger
+from .loggers import Logger, ProgressBarLogger, ProgressCSVLogger, TensorBoardLogger
 from .normalizer import ObsNormalizer, RunningStats
 from .policies import policy_for_env
 from .rollout import RolloutTask
 from .rundir import RunDir, run_name
 from .state import TrainState, budget_spent, eval_seed_base
 
-__all__ = ["Trainer", "train", "resume"]
+__all__ = ["Trainer", "train", "resume", "budget_warning"]
 
 
 class Trainer:
@@ -56,9 +58,9 @@ class Trainer:
     counters = property(lambda self: self.state.counters)
     es = property(lambda self: self.state.es)
 
-    def save(self) -> None:
-        if self.run is not None:
-            self.run.save_state(self.state, self.config, self.env_spec)
+    def save(self, best: bool = False, latest: bool = True) -> None:
+        if self.run is not None and (best or latest):
+            self.run.save_state(self.state, self.config, self.env_spec, best, latest)
 
     def open_backend(self) -> Backend:
         cfg = self.config
@@ -84,6 +86,18 @@ class Trainer:
     def evaluate_center(self) -> np.ndarray:
         results = self.backend.evaluate(self._task(), list(range(self.config.eval_episodes)))
         return np.array([r.ret for r in results])
+
+    def evaluate(self) -> bool:
+        """Evaluate the centre into `last_eval`; True if its mean beats the best so far."""
+        rets = self.evaluate_center()
+        mean = float(np.mean(rets))
+        self.last_eval = (mean, float(np.std(rets)))
+        c, target = self.counters, self.config.target_return
+        c.target_reached = target is not None and mean >= target
+        better = math.isfinite(mean) and (c.best_eval is None or mean > c.best_eval)
+        if better:
+            c.best_eval = mean
+        return better
 
     def iterate(self) -> dict:
         """One ES iteration: ask, evaluate the population, merge statistics, tell."""
@@ -120,15 +134,10 @@ class Trainer:
                 except Exception:
                     self.save()  # the state of the last finished iteration
                     raise
-                it = self.counters.iteration
+                it, best = self.counters.iteration, False
                 row.update(eval_return_mean=math.nan, eval_return_std=math.nan)
                 if it % cfg.eval_every == 0 or self.done():
-                    rets = self.evaluate_center()
-                    self.last_eval = (float(np.mean(rets)), float(np.std(rets)))
-                    target = cfg.target_return
-                    self.counters.target_reached = (
-                        target is not None and self.last_eval[0] >= target
-                    )
+                    best = self.evaluate()
                     row.update(
                         eval_return_mean=self.last_eval[0], eval_return_std=self.last_eval[1]
                     )
@@ -143,8 +152,7 @@ class Trainer:
                 )
                 for logger in self.loggers:
                     logger.log(row)
-                if it % cfg.checkpoint_every == 0 or self.done():
-                    self.save()
+                self.save(best, latest=it % cfg.checkpoint_every == 0 or self.done())
         finally:
             for logger in self.loggers:
                 logger.close()
@@ -169,12 +177,29 @@ def _population_row(returns, lengths, failed: int, seconds: float) -> dict:
     }
 
 
-def _loggers(run: RunDir, show_progress: bool, extra: list[Logger] | None) -> list[Logger]:
+def _loggers(
+    config: Config, run: RunDir, show_progress: bool, extra: list[Logger] | None
+) -> list[Logger]:
+    """The run's loggers; a TensorBoardLogger (`tensorboard: true`) checks for its package
+    now, before anything is written."""
     return [
         ProgressCSVLogger(run),
+        *([TensorBoardLogger(run)] if config.tensorboard else []),
         *(extra or []),
         *([ProgressBarLogger()] if show_progress else []),
     ]
+
+
+def budget_warning(config: Config) -> str | None:
+    """A warning when one iteration alone can use more env steps than `max_env_steps` (the run
+    stops only after the iteration that crosses it), else None."""
+    most = config.es.population * config.horizon
+    if config.max_env_steps is None or most <= config.max_env_steps:
+        return None
+    return (
+        f"one iteration can use up to {most:,} env steps ({config.es.population} perturbations "
+        f"x horizon {config.horizon}), more than max_env_steps={config.max_env_steps:,}"
+    )
 
 
 def train(
@@ -188,7 +213,7 @@ def train(
     """Start a new run in `out/name` (name from env, policy, seed and time by default)."""
     run = RunDir(Path(out) / (name or run_name(config)))
     # Build everything first, so an unknown env or policy fails before the folder is made.
-    trainer = Trainer(config, run, _loggers(run, show_progress, loggers))
+    trainer = Trainer(config, run, _loggers(config, run, show_progress, loggers))
     run.create(config, overwrite)
     return trainer.train()
 
@@ -203,12 +228,22 @@ def resume(
     run = RunDir(run_dir)
     if not run.is_run():
         raise OdepolicyError(f"{run.path} is not a run folder (no config.yaml)")
+    if not run.latest.is_file():
+        raise OdepolicyError(
+            f"{run.path} has no checkpoint yet (the run stopped before its first one), so there "
+            f"is nothing to resume; start it again with `{run.restart_command()}`"
+        )
     arrays, meta = run.read_latest()
     config = run.read_config(overrides)
-    trainer = Trainer(config, run, _loggers(run, show_progress, loggers))
+    trainer = Trainer(config, run, _loggers(config, run, show_progress, loggers))
     if meta["env"]["obs_dim"] != trainer.env_spec.obs_dim:
         raise OdepolicyError(f"checkpoint in {run.path} does not match env {config.env}")
     trainer.state.restore(arrays, meta)
+    # best.npz may be ahead of latest (it is saved at any evaluation): never overwrite it with
+    # a centre that evaluates worse.
+    c, saved = trainer.counters, run.best_eval()
+    if saved is not None and (c.best_eval is None or saved > c.best_eval):
+        c.best_eval = saved
     run.progress.truncate(trainer.counters.iteration)
     if overrides:
         run.write_config(config)

@@ -40,6 +40,7 @@ def _campaign(root: Path, **changes) -> Path:
         "runs": str(root / "runs"),
         "results": str(root / "results"),
         "parallel": 2,
+        "checkpoint_every": 1,
         "explore": {"trials": 3, "budget": 1500},
         "confirm": {"top": 2, "seeds": [1]},
         "evaluate": {"seeds": [100]},

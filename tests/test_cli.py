@@ -135,7 +135,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_runs_untouched(tmp_path, capsys
 def test_console_script_help_lists_every_command():
     exe = Path(sys.executable).with_name("odepolicy")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("train", "evaluate", "plot", "sweep", "tune", "bench"):
+    for cmd in ("train", "evaluate", "plot", "sweep", "tune", "bench", "export"):
         assert cmd in out
 
 

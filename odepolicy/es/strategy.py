@@ -41,6 +41,11 @@ class ESSettings:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
 
+    @property
+    def population(self) -> int:
+        """Perturbed parameter vectors evaluated per iteration (NoiseSpec.population)."""
+        return 2 * self.directions if self.antithetic else self.directions
+
     def validate(self) -> None:
         if not self.sigma > 0:
             raise ValueError("es.sigma must be positive")
