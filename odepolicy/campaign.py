@@ -2,8 +2,8 @@
 
 A campaign file is YAML, checked by the same typed rules as run configs:
 
-    studies: experiments/comparison/studies   # explore studies, confirm scores, picks (commit)
-    runs: runs/comparison                     # confirm run folders and the log (scratch)
+    studies: experiments/comparison/studies   # studies, confirm runs and scores, picks (commit)
+    runs: runs/comparison                     # the log, unit logs and locks (scratch)
     results: results/comparison               # evaluation runs: <task>/<method>/s<seed> (commit)
     parallel: 2                               # units at a time (--parallel)
     explore: {trials: 12, budget: 1000000, sampler_seed: 0}
@@ -23,7 +23,8 @@ Every (task, method) goes through three stages, the same for every method of a t
 2. confirm: the `confirm.top` best complete trials, each trained again with its settings on every
    `confirm.seeds` seed for the same budget and scored as tune scores (the mean of the last 3
    evaluations); the pick is the trial with the best median over the tuning seed and these.
-   Each finished run's score is written to `<studies>/<task>/<method>/confirm/`, and the pick,
+   Each confirm run is the run folder `<studies>/<task>/<method>/confirm/trial_NNNN_sS`, its
+   score the file beside it (`trial_NNNN_sS.json`, written when the run ends), and the pick,
    as a config ready for `odepolicy train` with the task's budget, to `.../pick.yaml`.
 3. evaluate: the pick trained for the task's `budget` env steps on each `evaluate.seeds` seed
    (seeds no tuning saw) as the run folder `<results>/<task>/<method>/s<seed>`.
@@ -243,7 +244,7 @@ class Campaign:
         return self.study_dir(task, method) / "confirm" / f"trial_{trial:04d}_s{seed}.json"
 
     def confirm_run(self, task: str, method: str, trial: int, seed: int) -> RunDir:
-        return RunDir(self.runs / "confirm" / task / method / f"trial_{trial:04d}_s{seed}")
+        return RunDir(self.study_dir(task, method) / "confirm" / f"trial_{trial:04d}_s{seed}")
 
     def pick_file(self, task: str, method: str) -> Path:
         return self.study_dir(task, method) / "pick.yaml"
@@ -310,8 +311,7 @@ def explore_state(campaign: Campaign, task: str, method: str) -> str:
     trials = campaign.spec.explore.trials
     running = s.get("RUNNING", 0)
     if running:  # a trial whose process died is not running: the next tune takes it over
-        adopt, close = _interrupted(study, campaign.study_dir(task, method))
-        if adopt or close:
+        if _interrupted(study, campaign.study_dir(task, method)):
             return "todo"
     if finished >= trials and not running:
         return "done"

@@ -215,13 +215,12 @@ def _objective(
     def objective(trial, taken_over: bool = False) -> float:
         """Train the trial's run(s) and return its score. A trial taken over from a process
         that died keeps its settings and continues each run from its latest checkpoint."""
-        if taken_over:
+        if taken_over and "overrides" in trial.user_attrs:
             sets = list(trial.user_attrs["overrides"])
-        else:
+        else:  # a trial taken over before it recorded its settings samples them now
             sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}"]
             sets.append("iterations=1000000000")
             trial.set_user_attr("overrides", sets)
-            trial.set_user_attr("owner", _owner())
         reported = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)
         scores = []
         for k in range(seeds):
@@ -427,6 +426,9 @@ def _trial_seeded_tpe(seed: int):
             self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
 
         def before_trial(self, study, trial) -> None:
+            # Who runs the trial, recorded the moment it exists: if this process dies before
+            # the trial starts training, the next tune process still sees that it is gone.
+            study._storage.set_trial_user_attr(trial._trial_id, "owner", _owner())
             self._tpe = optuna.samplers.TPESampler(seed=seed + trial.number, n_startup_trials=5)
             self._tpe.before_trial(study, trial)
 
@@ -472,12 +474,11 @@ def _run_state(run: RunDir, config: Config) -> str:
         return "empty"
 
 
-def _interrupted(study, out: Path) -> tuple[list, list]:
-    """The running trials whose process is gone: (those that can be taken over, those that
-    cannot: trials without recorded settings). A trial's process is gone when its owner was a
-    process of this host that has exited, when its heartbeat is older than GRACE_S, or, without
-    any heartbeat, when it started over GRACE_S ago (a study older than heartbeats); a younger
-    one without a heartbeat is a trial another process has just started."""
+def _interrupted(study, out: Path) -> list:
+    """The running trials whose process is gone. A trial's process is gone when its owner (set
+    as the trial is created) was a process of this host that has exited, when its heartbeat is
+    older than GRACE_S, or, without owner or heartbeat, when it started over GRACE_S ago (a
+    study older than heartbeats); a younger one is a trial another process has just started."""
     import sqlite3
     from contextlib import closing
     from datetime import datetime, timedelta
@@ -492,34 +493,27 @@ def _interrupted(study, out: Path) -> tuple[list, list]:
     stale = {trial_id for trial_id, old in rows if old}
     beating = {trial_id for trial_id, _ in rows}
     old = datetime.now() - timedelta(seconds=GRACE_S)  # Optuna stores local, naive times
-    adopt, close = [], []
+    gone = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        gone = (
+        if (
             _owner_gone(t.user_attrs.get("owner"))
             or t._trial_id in stale
             or (t._trial_id not in beating and t.datetime_start and t.datetime_start < old)
-        )
-        if gone:
-            (adopt if "overrides" in t.user_attrs else close).append(t)
-    return adopt, close
+        ):
+            gone.append(t)
+    return gone
 
 
 def _take_over(study, storage, out: Path, quiet: bool):
     """Claim the first interrupted trial for this process (under the study's lock file, so two
-    processes never take the same one); close those that cannot be continued as failed."""
-    import optuna
-
+    processes never take the same one)."""
     with open(out / "study.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            adopt, close = _interrupted(study, out)
-            for t in close:
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-                if not quiet:
-                    print(f"[tune] trial {t.number} was interrupted; marked failed", flush=True)
-            if not adopt:
+            gone = _interrupted(study, out)
+            if not gone:
                 return None
-            trial = min(adopt, key=lambda t: t.number)
+            trial = min(gone, key=lambda t: t.number)
             storage.set_trial_user_attr(trial._trial_id, "owner", _owner())
             storage.record_heartbeat(trial._trial_id)
         finally:
@@ -534,7 +528,7 @@ def _run_taken_over(study, storage, frozen, objective, quiet: bool) -> None:
     value, or pruned, or failed with the reason."""
     import optuna
 
-    trial = optuna.trial.Trial(study, frozen._trial_id)
+    trial = optuna.trial.Trial(study, frozen._trial_id)  # the sampler's before_trial: its seed
     stop = threading.Event()
 
     def beat() -> None:

@@ -121,8 +121,8 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     trial_ckpts = killed / "studies" / "pendulum" / "iso_odetoode"
     _kill_when(_start(path), lambda: any(trial_ckpts.glob("trial_0001/checkpoints/latest.npz")))
     assert not any(ln.startswith("done explore/pendulum/iso") for ln in _log(killed))
-    confirm = killed / "runs" / "confirm" / "pendulum"
-    _kill_when(_start(path), lambda: any(confirm.glob("*/*/checkpoints/latest.npz")))
+    studies = killed / "studies" / "pendulum"
+    _kill_when(_start(path), lambda: any(studies.glob("*/confirm/*/checkpoints/latest.npz")))
     assert not any(ln.startswith("done confirm") for ln in _log(killed))
     proc = _start(path)
     log = proc.communicate(timeout=900)[0]

@@ -213,7 +213,7 @@ def test_two_tune_processes_share_one_study(tmp_path):
     together stop at the requested count. Before heartbeats the second marked the first's trial
     failed and ran its own N trials on top. Whether a trial of the first is running at the
     moment the second opens the study is up to timing; the message the second prints then is
-    checked in-process by test_interrupted_trials_are_marked_failed_and_replaced."""
+    checked in-process by test_interrupted_trials_are_continued_not_replaced."""
     import time
 
     out = tmp_path / "study"
@@ -245,11 +245,12 @@ def _safe_trials(db: Path) -> list[tuple]:
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
-def test_interrupted_trials_are_marked_failed_and_replaced(tmp_path, capsys):
+def test_interrupted_trials_are_continued_not_replaced(tmp_path, capsys):
     """Trials left RUNNING: one with no heartbeat that started an hour ago (a study older than
-    heartbeats) and one whose heartbeat is an hour old are closed as failed when tune starts
-    again, and a new trial replaces them. One with no heartbeat that started just now is a
-    trial another process has just begun: it is left running and counted."""
+    heartbeats) and one whose heartbeat is an hour old are continued when tune starts again,
+    under their own numbers (they recorded no settings, so they draw them now, seeded by their
+    numbers). One with no heartbeat that started just now is a trial another process has just
+    begun: it is left running and counted."""
     import optuna
 
     from odepolicy import tune as tune_module
@@ -276,8 +277,11 @@ def test_interrupted_trials_are_marked_failed_and_replaced(tmp_path, capsys):
     assert tune_module.GRACE_S < 3600
     assert main([*args, "--trials", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "trial 1 was interrupted; marked failed" in printed
-    assert "trial 2 was interrupted; marked failed" in printed
+    assert "trial 1 was interrupted; continuing it" in printed
+    assert "trial 2 was interrupted; continuing it" in printed
     assert "trial 3 was interrupted" not in printed
-    assert "1 trials done (1 running in another process), 1 to run" in printed
-    assert [s for _, s in _trials(db)] == ["COMPLETE", "FAIL", "FAIL", "RUNNING", "COMPLETE"]
+    assert "3 trials done (1 running in another process), 0 to run" in printed
+    assert [s for _, s in _trials(db)] == ["COMPLETE", "COMPLETE", "COMPLETE", "RUNNING"]
+    study = optuna.load_study(study_name="odepolicy", storage=url)
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials[:3]]
+    assert all(drawn) and len(set(drawn)) == 3
