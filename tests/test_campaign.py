@@ -251,3 +251,28 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
         (0, 0),
         (2, 0),
     ]
+
+
+def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path):
+    """After the explore stage alone (`--stage explore`): the confirm and evaluate units are
+    not known yet, so status counts the protocol's units (2 methods x 2 trials x 1 seed; 2 x 1
+    seed) and prices their env steps at the studies' measured seconds per env step."""
+    import optuna
+
+    path = _campaign(tmp_path)
+    assert main(["campaign", "run", str(path), "--stage", "explore", "--quiet"]) == 0
+    assert not list((tmp_path / "studies").glob("*/*/confirm"))
+    seconds = steps = 0.0
+    for db in (tmp_path / "studies").glob("*/*/study.sqlite3"):
+        study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{db}")
+        for t in study.trials:  # 3 complete trials each, too few for the pruner
+            assert t.state.name == "COMPLETE"
+            seconds += (t.datetime_complete - t.datetime_start).total_seconds()
+            steps += 1500
+    rows = {r["stage"]: r for r in status_rows(load_campaign(path))}
+    assert (rows["explore"]["done"], rows["explore"]["left"]) == (2, 0)
+    assert rows["explore"]["spent_s"] == pytest.approx(seconds, rel=1e-9)
+    assert (rows["confirm"]["done"], rows["confirm"]["left"]) == (0, 4)
+    assert rows["confirm"]["left_s"] == pytest.approx(4 * 1500 * seconds / steps, rel=1e-9)
+    assert (rows["evaluate"]["done"], rows["evaluate"]["left"]) == (0, 2)
+    assert rows["evaluate"]["left_s"] == pytest.approx(2 * 2500 * seconds / steps, rel=1e-9)
