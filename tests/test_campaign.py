@@ -276,3 +276,51 @@ def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path):
     assert rows["confirm"]["left_s"] == pytest.approx(4 * 1500 * seconds / steps, rel=1e-9)
     assert (rows["evaluate"]["done"], rows["evaluate"]["left"]) == (0, 2)
     assert rows["evaluate"]["left_s"] == pytest.approx(2 * 2500 * seconds / steps, rel=1e-9)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_campaign_on_a_ray_cluster_gives_the_numbers_of_a_local_one(tmp_path):
+    """`campaign run --address`: every unit runs its rollouts on a real Ray cluster (a head
+    started here with `ray start --block`, token auth as Ray 2.60 sets it up), with the same
+    centres bit for bit as the same campaign run locally."""
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the session's RAY_AUTH_TOKEN (conftest)
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+         f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        tasks = {"fixed": {"base": str(tmp_path / "base.yaml"), "budget": 600, "tune": False}}
+        runs = {}
+        for where, extra in (("local", []), ("ray", ["--address", f"127.0.0.1:{port}"])):
+            path = _campaign(tmp_path / where, tasks=tasks, evaluate={"seeds": [3]})
+            (tmp_path / "base.yaml").write_text((tmp_path / where / "base.yaml").read_text())
+            cmd = [sys.executable, "-m", "odepolicy.cli", "campaign", "run", str(path), *extra]
+            deadline = time.monotonic() + 120
+            while True:  # the head takes a while to come up on a busy machine
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+                if proc.returncode == 0 or time.monotonic() > deadline or not extra:
+                    break
+                time.sleep(3)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            runs[where] = tmp_path / where / "results" / "fixed"
+        for method in ("linear", "iso_odetoode"):
+            config = yaml.safe_load((runs["ray"] / method / "s3" / "config.yaml").read_text())
+            assert config["backend"]["name"] == "ray" and config["backend"]["workers"] == 1
+            centres = [
+                read_checkpoint(runs[w] / method / "s3" / "checkpoints" / "latest.npz")[0]
+                for w in ("local", "ray")
+            ]
+            assert centres[0]["es.center"].tobytes() == centres[1]["es.center"].tobytes()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
