@@ -157,9 +157,17 @@ def load_space(path: str | Path | None, base: dict, policy: str) -> dict:
     return _check_space(data, base, f"search space file {path}")
 
 
-def _suggest(trial, space: dict) -> list[str]:
+def _suggest(trial, space: dict, replay: bool = False) -> list[str]:
+    """Draw the trial's settings in the space's order. `replay`: a trial taken over after its
+    process died while drawing; the settings it stored keep their values, and the sampler draws
+    for them again (discarded), so the ones after them get the draws they would have had."""
     sets = []
     for key, dist in space.items():
+        if replay and key in trial.params:
+            frozen = trial.storage.get_trial(trial._trial_id)
+            trial.study.sampler.sample_independent(
+                trial.study, frozen, key, trial.distributions[key]
+            )
         if dist["type"] == "categorical":
             value = trial.suggest_categorical(key, dist["choices"])
         elif dist["type"] == "int":
@@ -218,7 +226,8 @@ def _objective(
         if taken_over and "overrides" in trial.user_attrs:
             sets = list(trial.user_attrs["overrides"])
         else:  # a trial taken over before it recorded its settings samples them now
-            sets = [*_suggest(trial, space), *extra, f"max_env_steps={budget}"]
+            sets = [*_suggest(trial, space, replay=taken_over), *extra]
+            sets.append(f"max_env_steps={budget}")
             sets.append("iterations=1000000000")
             trial.set_user_attr("overrides", sets)
         reported = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)

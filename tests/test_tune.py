@@ -285,3 +285,45 @@ def test_interrupted_trials_are_continued_not_replaced(tmp_path, capsys):
     study = optuna.load_study(study_name="odepolicy", storage=url)
     drawn = [tuple(sorted(t.params.items())) for t in study.trials[:3]]
     assert all(drawn) and len(set(drawn)) == 3
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_killed_while_drawing_its_settings_gets_the_settings_it_would_have_had(
+    tmp_path,
+):
+    """The process died after trial 1 stored its first setting (es.sigma) and before the rest:
+    the tune that takes it over keeps that value and draws the others as the uninterrupted
+    study did (the sampler draws again for es.sigma and discards it)."""
+    import socket
+    import subprocess
+
+    import optuna
+
+    from odepolicy.tune import _trial_seeded_tpe, default_space
+
+    args = ["tune", str(BASE), "--budget", "300", *_sets(), "--quiet"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main([*args, "--out", str(straight), "--trials", "2"]) == 0
+    assert main([*args, "--out", str(killed), "--trials", "1"]) == 0
+    study = optuna.load_study(
+        study_name="odepolicy", storage=f"sqlite:///{killed / 'study.sqlite3'}"
+    )
+    study.sampler = _trial_seeded_tpe(0)
+    trial = study.ask()  # trial 1, as tune's loop asks for it
+    sigma = default_space("linear")["es.sigma"]
+    trial.suggest_float("es.sigma", sigma["low"], sigma["high"], log=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process of this host that has exited
+    study._storage.set_trial_user_attr(
+        trial._trial_id, "owner", f"{socket.gethostname()}:{dead.pid}"
+    )
+    assert main([*args, "--out", str(killed), "--trials", "2"]) == 0
+
+    def trials(folder):
+        s = optuna.load_study(
+            study_name="odepolicy", storage=f"sqlite:///{folder / 'study.sqlite3'}"
+        )
+        return [(t.number, t.state.name, t.value, t.params) for t in s.trials]
+
+    assert trials(killed) == trials(straight)
+    assert len(trials(killed)) == 2 and len(trials(killed)[1][3]) == 4
