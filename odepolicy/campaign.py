@@ -510,6 +510,8 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
         sets = [f"seed={unit.seed}"]
         config_path = str(campaign.pick_file(unit.task, unit.method))
     state = _run_state(run)
+    if state == "finished":  # it ended as the campaign was stopped: only bookkeeping is left
+        return []
     if state == "resumable":  # the run folder's config.yaml holds its settings
         cmd = [*cli, "train", "--resume", str(run.path)]
         sets = [*backend, *keep]
@@ -638,23 +640,28 @@ class Runner:
         logs.mkdir(parents=True, exist_ok=True)
         c.log(f"start {unit.name}")
         self.say(f"start {unit.name}")
-        with open(logs / (unit.name.replace("/", "__") + ".log"), "a") as log:
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
-            with self.lock:
-                if self.stopping:
-                    return
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
-                self.live.add(proc)
-            proc.wait()
-            with self.lock:
-                self.live.discard(proc)
+        log_path = logs / (unit.name.replace("/", "__") + ".log")
+        returncode = 0
+        if cmd:
+            with open(log_path, "a") as log:
+                log.write(" ".join(cmd) + "\n")
+                log.flush()
+                with self.lock:
+                    if self.stopping:
+                        return
+                    proc = subprocess.Popen(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+                    )
+                    self.live.add(proc)
+                returncode = proc.wait()
+                with self.lock:
+                    self.live.discard(proc)
         if self.stopping:
             return
         c.cache.clear()  # read what the unit wrote afresh
         try:
-            if proc.returncode != 0:
-                raise OdepolicyError(f"exit status {proc.returncode}; see {log.name}")
+            if returncode != 0:
+                raise OdepolicyError(f"exit status {returncode}; see {log_path}")
             if unit.stage == "confirm":
                 _finish_confirm(c, unit)
                 if pick(c, unit.task, unit.method) is not None:

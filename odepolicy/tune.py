@@ -230,7 +230,10 @@ def _objective(
             sets.append(f"max_env_steps={budget}")
             sets.append("iterations=1000000000")
             trial.set_user_attr("overrides", sets)
-        reported = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)
+        # A trial taken over reports its last reported tenth again (Optuna keeps the first
+        # value) and asks the pruner again: its process may have died between the two.
+        reported = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=1)
+        reported -= 1
         scores = []
         for k in range(seeds):
             # One seed: `trial_NNNN`. Several: `trial_NNNN_sS`, one after another; only the
