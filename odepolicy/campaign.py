@@ -35,15 +35,16 @@ config's settings and its own `set` (one fixed protocol, as for Humanoid), on th
 
 A unit is one explore study, one confirm run or one evaluation run; a unit becomes ready when
 the stage before it has finished for its (task, method), and units are taken in the file's task
-order. `run` works through the ready units, `parallel` at a time, each as its own process
-(`odepolicy tune` or `odepolicy train`); with `--address` each uses the Ray cluster's fair share.
-It can be killed at any moment: finished units are never run again, a confirm or evaluation run
-continues from its latest checkpoint, and an interrupted explore trial is continued by the next
-tune process from its run's checkpoint with its own settings, so a resumed campaign gives the
-numbers an uninterrupted one gives. Several `run` processes (one per machine on a shared disk)
-can work on one campaign: a run unit is claimed with a lock file, a study is shared as `tune`
-shares it. Within one `run`, a study has one tune process, so its trials run in a fixed order
-and a re-run gives the same study. Every start and end of a unit is a line of `<runs>/campaign.log`.
+order, and within a task in its method order. `run` works through the ready units, `parallel` at
+a time, each as its own process (`odepolicy tune` or `odepolicy train`); with `--address` each
+uses the Ray cluster's fair share. It can be killed at any moment: finished units are never run
+again, a confirm or evaluation run continues from its latest checkpoint, and an interrupted
+explore trial is continued by the next tune process from its run's checkpoint with its own
+settings, so a resumed campaign gives the numbers an uninterrupted one gives. Several `run`
+processes (one per machine on a shared disk) can work on one campaign: a run unit is claimed
+with a lock file, a study is shared as `tune` shares it. Within one `run`, a study has one tune
+process, so its trials run in a fixed order and a re-run gives the same study. Every start and
+end of a unit is a line of `<runs>/campaign.log`.
 
 `status` prints each stage's units done and left per task, the core-hours spent (one core per
 local process) and an estimate of those left from the rates measured so far.
@@ -586,30 +587,29 @@ class Runner:
         now elsewhere may still make a unit ready)."""
         c = self.campaign
         waiting = False
-        for task in c.tasks:
-            for stage in STAGES:
-                if stage not in self.stages:
+        # Task by task, and within a task method by method: a method's evaluation runs start
+        # once its pick is known, so finished comparisons land early on a small machine.
+        order = [(t, m, s) for t in c.tasks for m in c.methods for s in STAGES if s in self.stages]
+        for task, method, stage in order:
+            for unit in stage_units(c, task, method, stage) or []:
+                if unit.name in self.failed or unit_done(c, unit):
                     continue
-                for method in c.methods:
-                    for unit in stage_units(c, task, method, stage) or []:
-                        if unit.name in self.failed or unit_done(c, unit):
-                            continue
-                        if self.busy[unit.name]:  # one worker a unit: a study's trials
-                            waiting = True  # then run in a fixed order, as with one process
-                            continue
-                        if unit.stage == "explore":
-                            if explore_state(c, task, method) == "running":
-                                waiting = True  # its last trials run in other processes
-                                continue
-                            return unit, None, True  # tune processes elsewhere may share it
-                        lock = _Lock(c, unit)
-                        if not lock.acquire():  # another campaign process runs it
-                            waiting = True
-                            continue
-                        if unit_done(c, unit):  # it finished while we looked
-                            lock.release()
-                            continue
-                        return unit, lock, True
+                if self.busy[unit.name]:  # one worker a unit: a study's trials
+                    waiting = True  # then run in a fixed order, as with one process
+                    continue
+                if unit.stage == "explore":
+                    if explore_state(c, task, method) == "running":
+                        waiting = True  # its last trials run in other processes
+                        continue
+                    return unit, None, True  # tune processes elsewhere may share it
+                lock = _Lock(c, unit)
+                if not lock.acquire():  # another campaign process runs it
+                    waiting = True
+                    continue
+                if unit_done(c, unit):  # it finished while we looked
+                    lock.release()
+                    continue
+                return unit, lock, True
         return None, None, waiting
 
     def work(self) -> None:
