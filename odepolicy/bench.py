@@ -103,14 +103,14 @@ def _bench_config(args, directions: int):
 def _bench_population(args, spec, directions: int) -> dict:
     """Time real ES iterations with `directions` directions: `args.iterations` of them, or
     with `args.iterations` None the config's budget of env steps."""
-    from .rollout import RolloutWorker
+    from .rollout import lockstep_for
     from .trainer import Trainer
 
     config = _bench_config(args, directions)
     horizon = config.horizon
     trainer = Trainer(config, spec=spec)
     population = trainer.es.ask().population
-    batch = min(population, RolloutWorker.lockstep)  # envs a worker steps in lockstep
+    batch = min(population, lockstep_for(trainer.policy))  # envs a worker steps in lockstep
     t_prep, t_step = policy_costs(trainer.policy, trainer.es.center, batch)
     if args.iterations is not None:
         done = lambda i, steps: i >= args.iterations  # noqa: E731

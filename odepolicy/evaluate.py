@@ -40,7 +40,7 @@ from .checkpoint import load_policy, resolve_checkpoint
 from .envs import Env, make_env
 from .export import exported_format, load_exported
 from .policies import policy_for_env
-from .rollout import RolloutWorker, evaluate_population
+from .rollout import evaluate_population, lockstep_for
 
 __all__ = [
     "evaluate_checkpoint",
@@ -256,9 +256,9 @@ def _check_sizes(spec, meta: dict) -> None:
 
 def _run_episodes(policy, theta, normalization, env, new_env, seeds, horizon):
     """(returns, lengths, failure reasons) of the centre policy on episodes `seeds`: in lockstep
-    batches of `RolloutWorker.lockstep` environments (`env` and more from `new_env`), one
+    batches of `lockstep_for(policy)` environments (`env` and more from `new_env`), one
     `prepare` and one batched policy step per time step, exactly as the trainer evaluates."""
-    batch = min(len(seeds), RolloutWorker.lockstep)
+    batch = min(len(seeds), lockstep_for(policy))
     envs = [env] + [new_env() for _ in range(batch - 1)]
     returns, lengths, reasons = [], [], []
     try:

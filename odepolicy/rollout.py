@@ -30,6 +30,7 @@ __all__ = [
     "RolloutWorker",
     "evaluate_population",
     "episode_seed",
+    "lockstep_for",
 ]
 
 
@@ -170,6 +171,27 @@ def evaluate_population(
     return PopulationResult(returns, lengths, failed, reasons, obs_count, obs_sum, obs_sumsq)
 
 
+# A policy step reads the whole of its row's prepared state (ODEtoODE: the 25 matrices of its
+# flow). While the rows of a lockstep batch fit in a core's share of cache, that costs what the
+# arithmetic costs; once they do not, every step streams them from memory. ISO-ODEtoODE at
+# h = 64 keeps 0.8 MB per row: on the development machine (512 KiB L2, 8 MiB L3 for 2 cores)
+# its step costs 70 us per env step with one or two rows in the batch and 210-250 us with 4 to
+# 64 (benchmarks/es_throughput.md, stop 15). Rows smaller than SMALL_ROW keep the full batch.
+LOCKSTEP_MAX = 64
+SMALL_ROW = 64 << 10
+ROWS_CACHE = 2 << 20
+
+
+def lockstep_for(policy) -> int:
+    """Environments to step in lockstep for `policy`: LOCKSTEP_MAX, or for a policy whose
+    prepared state is over SMALL_ROW bytes a row, as many rows as fit in ROWS_CACHE (at least
+    one). A row's result never depends on its batch, so this changes speed only."""
+    per_row = policy.prepared_bytes()
+    if per_row <= SMALL_ROW:
+        return LOCKSTEP_MAX
+    return max(1, min(LOCKSTEP_MAX, ROWS_CACHE // per_row))
+
+
 def episode_seed(iteration_seed: int, j: int) -> int:
     """Environment seed of direction j: antithetic partners share a start state."""
     return int(np.random.SeedSequence([iteration_seed, j, 1]).generate_state(1)[0])
@@ -204,11 +226,12 @@ class PerturbationResult:
 class RolloutWorker:
     """Environments and a policy in one process; evaluates chunks of a population."""
 
-    # Environments stepped in lockstep at once. Larger batches amortise the policy's per-call
-    # cost, but hundreds of MuJoCo models no longer fit in cache: on HalfCheetah-v5 with
-    # ISO-ODEtoODE, 64 at a time is 9% faster per step than all 400 of a paper-sized population,
-    # and the worker holds 64 environments instead of 400.
-    lockstep = 64
+    # Environments stepped in lockstep at once (`lockstep_for`). Larger batches amortise the
+    # policy's per-call cost, but hundreds of MuJoCo models no longer fit in cache: on
+    # HalfCheetah-v5 with ISO-ODEtoODE, 64 at a time is 9% faster per step than all 400 of a
+    # paper-sized population, and the worker holds 64 environments instead of 400. Policies
+    # with a large prepared state per row (ISO-ODEtoODE at h = 64) get smaller batches.
+    lockstep = LOCKSTEP_MAX
 
     def __init__(
         self,
@@ -222,6 +245,7 @@ class RolloutWorker:
         self.max_episode_steps = max_episode_steps
         self.envs: list[Env] = [self._new_env()]
         self.policy = policy or policy_for_env(self.envs[0].spec, policy_spec)
+        self.lockstep = lockstep_for(self.policy)
 
     def _new_env(self) -> Env:
         return make_env(self.env_id, max_episode_steps=self.max_episode_steps)

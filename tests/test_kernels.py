@@ -229,6 +229,62 @@ def test_expm_matches_scipy(norm, h):
             assert np.linalg.norm(E.T @ E - np.eye(h)) < 1e-13
 
 
+@njit(cache=True)
+def _textbook_solve(A, B):
+    """The right-looking Gaussian elimination `kernels._solve_into` replaced (its code before
+    stop 15, verbatim): the reference its bits must equal."""
+    n = A.shape[0]
+    m = B.shape[1]
+    for k in range(n):
+        piv = k
+        big = abs(A[k, k])
+        for i in range(k + 1, n):
+            if abs(A[i, k]) > big:
+                big = abs(A[i, k])
+                piv = i
+        if piv != k:
+            for j in range(n):
+                A[k, j], A[piv, j] = A[piv, j], A[k, j]
+            for j in range(m):
+                B[k, j], B[piv, j] = B[piv, j], B[k, j]
+        for i in range(k + 1, n):
+            l = A[i, k] / A[k, k]
+            for j in range(k + 1, n):
+                A[i, j] -= l * A[k, j]
+            for j in range(m):
+                B[i, j] -= l * B[k, j]
+    for k in range(n - 1, -1, -1):
+        d = A[k, k]
+        for j in range(m):
+            B[k, j] /= d
+        for i in range(k):
+            l = A[i, k]
+            for j in range(m):
+                B[i, j] -= l * B[k, j]
+
+
+def test_solve_is_bit_for_bit_the_textbook_elimination():
+    """Crout-ordered factorisation and row-wise substitution: the same operations per element
+    in the same order, so the same bits, with pivoting everywhere or nowhere, odd sizes
+    (unrolling remainders) and Pade-like near-identity denominators."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n, m = int(rng.integers(1, 70)), int(rng.integers(1, 70))
+        if trial % 3 == 0:
+            A = rng.standard_normal((n, n))  # rows swapped at most steps
+        elif trial % 3 == 1:
+            X = rng.standard_normal((n, n))
+            A = 30240.0 * np.eye(n) + 100.0 * (X - X.T)  # q(X) of a skew X: no swaps
+        else:
+            A = np.triu(rng.standard_normal((n, n))) + 5.0 * np.eye(n)
+        B = rng.standard_normal((n, m))
+        A1, B1, A2, B2 = A.copy(), B.copy(), A.copy(), B.copy()
+        _textbook_solve(A1, B1)
+        kernels._solve_into(A2, B2)
+        assert np.array_equal(B1.view(np.int64), B2.view(np.int64)), (trial, n, m)
+        assert np.abs(A @ B2 - B).max() < 1e-8 * max(1.0, np.abs(B2).max() * np.abs(A).max())
+
+
 @njit
 def _tanh_all(x):
     out = np.empty_like(x)

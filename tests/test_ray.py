@@ -231,3 +231,19 @@ def test_sweep_reports_bad_files_and_failed_runs(tmp_path, capsys):
     assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 1
     row = _summary(out)["broken_s0"]
     assert row["status"] == "failed" and "no_such_policy" in row["error"]
+
+
+def test_pinned_centre_is_bit_identical_on_ray(ray_session, tmp_path):
+    """The pinned run of tests/test_structure.py, on two Ray workers: the centre the code before
+    the restructuring wrote, bit for bit (speed changes to the kernels and the lockstep batch
+    size must not move it, locally or on Ray)."""
+    from test_structure import DATA, _cpu_kind
+    from test_structure import TINY as PINNED
+
+    config = config_from_dict(
+        read_yaml(DATA / "inverted_pendulum_paper.yaml"),
+        [*PINNED, "es.optimizer=sgd", "backend.name=ray", "backend.workers=2"],
+    )
+    train(config, tmp_path, "run", show_progress=False)
+    expected = np.load(DATA / "expected_centres.npz")[f"sgd_center{_cpu_kind()}"]
+    assert np.array_equal(_checkpoint(tmp_path / "run")["es.center"], expected)

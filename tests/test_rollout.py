@@ -108,3 +108,19 @@ def test_lockstep_kernels_match_the_numpy_they_replace():
         assert not rk.all_finite(a)
         assert not rk.rows_finite(np.zeros(3), a)
         assert not rk.rows_finite(r, ok)
+
+
+def test_lockstep_shrinks_for_policies_whose_rows_do_not_fit_in_cache():
+    """ISO-ODEtoODE at h = 64 keeps 25 matrices of 64 x 64 per row (0.8 MB): a worker steps it
+    a row or two at a time; small policies keep the full batch of 64."""
+    from odepolicy.policies import make_policy
+    from odepolicy.rollout import LOCKSTEP_MAX, ROWS_CACHE, lockstep_for
+
+    big = make_policy("iso_odetoode", 348, 17, hidden=64)
+    assert big.prepared_bytes() >= 25 * 64 * 64 * 8
+    assert lockstep_for(big) == ROWS_CACHE // big.prepared_bytes() == 2
+    small = make_policy("iso_odetoode", 17, 6, hidden=16)
+    assert small.prepared_bytes() < 64 << 10
+    assert lockstep_for(small) == LOCKSTEP_MAX == 64
+    mid = make_policy("deepnet", 17, 6, hidden=64)
+    assert 1 < lockstep_for(mid) < LOCKSTEP_MAX

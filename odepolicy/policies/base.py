@@ -267,6 +267,17 @@ class Policy:
         Haar-random, other blocks Gaussian with the scale the family chose, biases zero)."""
         return self.layout.init(rng)
 
+    def prepared_bytes(self) -> int:
+        """Bytes of one row's `prepare` output: what every policy step of that row reads. Found
+        once per policy by preparing one row of `init` parameters."""
+        if getattr(self, "_prepared_bytes", None) is None:
+            row = self.init(np.random.default_rng(0))[None, :]
+            total = 0
+            for v in self.prepare(row).values():
+                total += v.nbytes if isinstance(v, np.ndarray) else v.element_size() * v.numel()
+            self._prepared_bytes = int(total)
+        return self._prepared_bytes
+
     def prepare(self, thetas: np.ndarray) -> dict[str, np.ndarray | torch.Tensor]:
         """Per-rollout work for a population thetas [P, m]; every array or tensor of the
         result has leading dim P."""
