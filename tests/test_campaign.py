@@ -324,3 +324,30 @@ def test_a_campaign_on_a_ray_cluster_gives_the_numbers_of_a_local_one(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+
+
+def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
+    """ARS's Humanoid V2-t settings translated (es.lr = 2 sigma alpha), one for every method;
+    the paper's sizes; seeds no other unit uses; runs beside the comparison's."""
+    from odepolicy.envs import env_spec
+    from odepolicy.policies.sizing import count_params
+
+    humanoid = load_campaign(ROOT / "experiments" / "humanoid.yaml")
+    comparison = load_campaign(ROOT / "experiments" / "comparison.yaml")
+    assert humanoid.spec.results == comparison.spec.results
+    (task,) = humanoid.tasks
+    fixed = humanoid.tasks[task]
+    assert task == "Humanoid-v5" and not fixed.tune and fixed.budget == 10_000_000
+    used = {0, *comparison.spec.confirm.seeds, *comparison.spec.evaluate.seeds}
+    assert len(fixed.seeds) == 2 and not used & set(fixed.seeds)
+    sizes = {}
+    for method in ("iso_odetoode", "deepnet", "linear"):
+        config = humanoid.base_config(task, method)
+        es = config.es
+        assert (es.sigma, es.directions, es.top_b, es.reward_shift) == (0.0075, 230, 230, 5.0)
+        assert es.lr == pytest.approx(2 * 0.0075 * 0.02) and config.normalize_obs
+        s = env_spec(config.env)
+        kwargs = config.policy.kwargs
+        sizes[method] = count_params(config.policy.name, s.obs_dim, s.act_dim, **kwargs)
+    assert sizes["iso_odetoode"] == 35712  # h = 64
+    assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
