@@ -431,7 +431,7 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
     tasks = sorted({c.task for c in curves})
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig = Figure(figsize=(4.6 * cols + 2.2, 3.5 * rows), layout="constrained")
+    fig = Figure(figsize=(4.6 * cols + 0.4, 3.5 * rows + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(tasks) :]:
@@ -469,7 +469,13 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         if x == "timesteps":
             ax.xaxis.set_major_formatter(FuncFormatter(_millions))
-    fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize="small")
+    # Below the panels, where no curve or title can run into it (constrained layout makes room).
+    fig.legend(
+        handles=list(handles.values()),
+        loc="outside lower center",
+        ncol=min(len(handles), max(2, 2 * cols)),
+        fontsize="small",
+    )
     fig.suptitle(f"mean over seeds; {_BAND_CAPTIONS[band]}", fontsize="small")
     png, pdf = _figure_paths(out)
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -309,3 +309,40 @@ def test_steps_to_threshold_and_readable_ticks(tmp_path):
     assert row["seeds_reached"] == 2 and row["threshold"] == 325.0
     assert row["steps_to_threshold_mean"] == 1.25e6 and row["steps_to_threshold_std"] == 0.25e6
     assert [_millions(v) for v in (0, 5e5, 1e6, 2.5e6, 250)] == ["0", "500k", "1M", "2.5M", "250"]
+
+
+def test_the_legend_is_clear_of_every_panel_and_the_title(tmp_path):
+    """The legend sits below the panels: its box overlaps no panel and not the title, for one
+    panel and for a grid of four with five methods."""
+    from matplotlib.figure import Figure
+
+    from odepolicy.plotting import plot_runs
+
+    captured = []
+    original = Figure.savefig
+
+    def grab(self, *args, **kwargs):
+        captured.append(self)
+        return original(self, *args, **kwargs)
+
+    for tasks in (["Swimmer-v5"], ["Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5"]):
+        root = tmp_path / str(len(tasks))
+        for task in tasks:
+            for method in ("iso_odetoode", "gated_odetoode", "linear", "deepnet", "hypernet"):
+                for seed in (0, 1):
+                    rows = _synthetic_rows(seed, 2.0)
+                    _write_run(root / f"{task}_{method}_s{seed}", task, method, seed, rows)
+        Figure.savefig = grab
+        try:
+            plot_runs([load_run(p) for p in find_runs([root])], root / "out.png")
+        finally:
+            Figure.savefig = original
+        fig = captured[-1]
+        renderer = fig.canvas.get_renderer()
+        (legend,) = fig.legends
+        box = legend.get_window_extent(renderer)
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(panels) == len(tasks)
+        for ax in panels:
+            assert not box.overlaps(ax.get_tightbbox(renderer)), ax.get_title()
+        assert not box.overlaps(fig._suptitle.get_window_extent(renderer))
