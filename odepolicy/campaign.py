@@ -459,8 +459,6 @@ def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[
     if not campaign.tasks[task].tune:  # evaluation only, with the base config's settings
         if stage != "evaluate":
             return []
-        if not campaign.pick_file(task, method).is_file():
-            write_fixed_pick(campaign, task, method)
         return [Unit("evaluate", task, method, seed=s) for s in campaign.eval_seeds(task)]
     if stage == "explore":
         return [Unit("explore", task, method)]
@@ -474,8 +472,6 @@ def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[
         ]
     if pick(campaign, task, method) is None:
         return None
-    if not campaign.pick_file(task, method).is_file():  # killed before it was written
-        write_pick(campaign, task, method)
     return [Unit("evaluate", task, method, seed=s) for s in campaign.eval_seeds(task)]
 
 
@@ -510,6 +506,9 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
         run = campaign.eval_run(unit.task, unit.method, unit.seed)
         sets = [f"seed={unit.seed}"]
         config_path = str(campaign.pick_file(unit.task, unit.method))
+        if not Path(config_path).is_file():  # written here, not when units are listed (status)
+            write = write_pick if task.tune else write_fixed_pick
+            write(campaign, unit.task, unit.method)
     state = _run_state(run)
     if state == "finished":  # it ended as the campaign was stopped: only bookkeeping is left
         return []

@@ -234,6 +234,8 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
                       "seeds": [7]}
         },
     )  # fmt: skip
+    assert main(["campaign", "status", str(path)]) == 0
+    assert not (tmp_path / "studies").exists()  # status reads; it writes nothing
     assert main(["campaign", "run", str(path), "--quiet"]) == 0
     assert not (tmp_path / "studies" / "fixed" / "linear" / "study.sqlite3").exists()
     for method, hidden in (("linear", None), ("iso_odetoode", 4)):
