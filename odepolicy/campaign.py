@@ -853,7 +853,8 @@ def _backend_sets(address: str | None, parallel: int) -> list[str]:
 def report(campaign: Campaign) -> tuple[Path, Path]:
     """The comparison figure and table from the evaluation runs, made exactly as `odepolicy
     plot <results>` makes them (every run with an evaluation; an unfinished one shows in the
-    env-steps column): `<results>.png` (and .pdf) and `<results>_summary.csv` / `.md`."""
+    env-steps column): `<results>.png` (and .pdf) and `<results>_summary.csv` / `.md`; and
+    `<results>.md` (`reading`): protocol, compute, the table and the paper's claim per task."""
     from .plotting import find_runs, load_run, plot_runs, summary_table, write_table
 
     runs = [load_run(p) for p in find_runs([campaign.results])] if campaign.results.is_dir() else []
@@ -865,8 +866,148 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
             print(f"odepolicy: note: {run.path} is not finished", file=sys.stderr)
     stem = campaign.results.parent / campaign.results.name
     png, _ = plot_runs(runs, stem.with_suffix(".png"))
-    _, md_path = write_table(summary_table(runs), stem)
+    table = summary_table(runs)
+    _, md_path = write_table(table, stem)
+    finished = Counter((r.task, r.method) for r in runs if _run_state(RunDir(r.path)) == "finished")
+    text = reading(campaign, table, finished, status_rows(campaign))
+    _write_atomic(stem.with_suffix(".md"), text)
     return png, md_path
+
+
+# "Ode to an ODE", Sec. 5.1.3 and Fig. 2 (../shared/ANCHORS.md): what the paper says of each of
+# its tasks. "best": ODEtoODE is solely the best; "top2": one of the two best.
+PAPER_CLAIMS = {
+    "HalfCheetah-v5": ("best", "ODEtoODE is the best of the methods"),
+    "Humanoid-v5": (
+        "best",
+        "ODEtoODE (h = 64) is the best, the only method that learns good policies, and "
+        "DeepNet does not learn at all",
+    ),
+    "Swimmer-v5": ("top2", "ODEtoODE is one of the two best methods; HyperNet does not learn"),
+    "Walker2d-v5": ("top2", "ODEtoODE is one of the two best methods"),
+    "dm_control/swimmer-swimmer6-v0": ("top2", "ODEtoODE is one of the two best methods"),
+}
+ODE_TO_ODE = ("iso_odetoode", "gated_odetoode")  # the paper's ODEtoODE, without additions
+
+
+def _claim_paragraph(task: str, rows: list[dict], finished: Counter, campaign: Campaign) -> str:
+    """One task's paragraph: the paper's claim, the measured order, and a verdict that says
+    'provisional' until every method of the campaign has all its evaluation runs finished."""
+    rows = sorted(rows, key=lambda r: r["rank"])
+    order = "; ".join(
+        f"{r['rank']}. {r['method']} {r['final_return_mean']:.1f} ± {r['final_return_std']:.1f}"
+        for r in rows
+    )
+    method = next(iter(campaign.methods))
+    keys = {campaign.base_config(k, method).env: k for k in campaign.tasks}  # env id -> task
+    key = keys.get(task, task if task in campaign.tasks else None)
+    seeds = len(campaign.eval_seeds(key)) if key else len(campaign.spec.evaluate.seeds)
+    complete = [m for m in campaign.methods if finished[(task, m)] >= seeds]
+    status = (
+        "final"
+        if len(complete) == len(campaign.methods)
+        and {r["method"] for r in rows} >= set(campaign.methods)
+        else f"provisional: {len(complete)} of {len(campaign.methods)} methods have all "
+        f"{seeds} evaluation runs finished"
+    )
+    claim = PAPER_CLAIMS.get(task)
+    measured = f"Measured, by final return (mean ± std over seeds): {order}."
+    if claim is None:
+        return f"**{task}** ({status}). The paper does not report this task. {measured}"
+    kind, text = claim
+    ode = [r for r in rows if r["method"] in ODE_TO_ODE]
+    lines = [f"**{task}** ({status}). The paper: {text}.", measured]
+    if not ode:
+        lines.append("No ODEtoODE run has an evaluation yet.")
+        return " ".join(lines)
+    best = ode[0]
+    above = [r["method"] for r in rows if r["rank"] < best["rank"]]
+    holds = best["rank"] == 1 and sum(r["rank"] == 1 for r in rows) == 1
+    if kind == "top2":
+        holds = best["rank"] <= 2
+    verdict = "holds" if holds else "does not hold"
+    where = f" ({', '.join(above)} above it)" if above else ""
+    lines.append(
+        f"The best ODEtoODE form, {best['method']}, ranks {best['rank']} of {len(rows)}{where}: "
+        f"the claim {verdict} here{' so far' if status != 'final' else ''}."
+    )
+    return " ".join(lines)
+
+
+def reading(campaign: Campaign, table: list[dict], finished: Counter, status: list[dict]) -> str:
+    """`<results>.md`: the protocol, compute, the table and the paper's claim task by task."""
+    from .plotting import table_markdown
+
+    spec = campaign.spec
+    name = campaign.results.name
+    tasks = ", ".join(f"{t} {s.budget / 1e6:g}M" for t, s in campaign.tasks.items())
+    tuned = [t for t, s in campaign.tasks.items() if s.tune]
+    lines = [
+        f"# {name.capitalize()}: every method under one protocol",
+        "",
+        f"Made by `odepolicy campaign report {campaign.path}` from the evaluation runs in "
+        f"`{campaign.results}/` (each number is read from a run's own progress.csv); the "
+        f"figure is `{name}.png`, the table also `{name}_summary.csv`. Rerun the command to "
+        "regenerate all three.",
+        "",
+        "## Protocol",
+        "",
+        f"- Tasks and env steps per evaluation run: {tasks}.",
+        f"- Methods: {', '.join(campaign.methods)}.",
+    ]
+    if tuned:
+        lines += [
+            f"- Explore ({', '.join(tuned)}): {spec.explore.trials} trials of "
+            f"{spec.explore.budget / 1e6:g}M env steps on the base config's seed, median "
+            "pruning, each family's default search space.",
+            f"- Confirm: the best {spec.confirm.top} trials on seeds "
+            f"{', '.join(map(str, spec.confirm.seeds))}; the pick is the best median over the "
+            "tuning seed and these.",
+        ]
+    for task, t in campaign.tasks.items():
+        if not t.tune:
+            lines.append(f"- {task}: no tuning; every method with the settings of `{t.base}`.")
+    seeds = sorted({s for t in campaign.tasks for s in campaign.eval_seeds(t)})
+    lines += [f"- Evaluate: the pick at the task's budget on seeds {', '.join(map(str, seeds))}."]
+    lines += ["", "## Progress and compute", ""]
+    lines += [
+        "| task | stage | units done | units left | core-hours spent | core-hours left (est.) |"
+    ]
+    lines += ["|---|---|---:|---:|---:|---:|"]
+    for r in status:
+        lines.append(
+            f"| {r['task']} | {r['stage']} | {r['done']} | {r['left']} | "
+            f"{_hours(r['spent_s'])} | {_hours(r['left_s'])} |"
+        )
+    spent = sum(r["spent_s"] for r in status)
+    left = sum(r["left_s"] for r in status)
+    lines += [
+        f"| all | | {sum(r['done'] for r in status)} | {sum(r['left'] for r in status)} | "
+        f"{_hours(spent)} | {_hours(left)} |",
+        "",
+        "Core-hours count one core per process, on the machines the units ran on; the estimate "
+        "left uses the rates measured so far.",
+        "",
+        "## Results",
+        "",
+        "Final and best return: each seed's last and best evaluation of the centre policy, mean "
+        "± std over seeds. Steps to threshold: ARS's threshold, over the seeds that reached it. "
+        "Rank: by final return within the task. A run still under way shows fewer env steps "
+        "than its budget.",
+        "",
+        table_markdown(table).rstrip("\n"),
+        "",
+        "## The paper's claim, task by task",
+        "",
+        "ODEtoODE here is the better of ISO- and gated-ODEtoODE as the paper defines them; "
+        "ISO-ODEtoODE with the linear skip path is not the paper's policy and is ranked as its "
+        "own method.",
+        "",
+    ]
+    for task in dict.fromkeys(r["task"] for r in table):
+        rows = [r for r in table if r["task"] == task]
+        lines += [_claim_paragraph(task, rows, finished, campaign), ""]
+    return "\n".join(lines)
 
 
 def campaign_command(args) -> int:

@@ -159,6 +159,11 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     assert main(["campaign", "report", str(path)]) == 0
     assert _csv_rows(killed / "results_summary.csv") == _plot_rows(killed / "results")
     assert (killed / "results.png").stat().st_size > 10_000
+    reading = (killed / "results.md").read_text()
+    for method in ("iso_odetoode", "linear"):
+        assert f"| InvertedPendulum-v5 | {method} | 1 |" in reading
+    assert "| all | | 8 | 0 |" in reading  # units done and left
+    assert "**InvertedPendulum-v5** (final). The paper does not report this task." in reading
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -353,3 +358,53 @@ def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
         sizes[method] = count_params(config.policy.name, s.obs_dim, s.act_dim, **kwargs)
     assert sizes["iso_odetoode"] == 35712  # h = 64
     assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
+
+
+def _row(task, method, rank, final):
+    return {"task": task, "method": method, "rank": rank, "final_return_mean": final,
+            "final_return_std": 1.0}  # fmt: skip
+
+
+def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every_run_is_done(
+    tmp_path,
+):
+    from collections import Counter
+
+    from odepolicy.campaign import _claim_paragraph
+
+    path = _campaign(
+        tmp_path,
+        methods={
+            "iso_odetoode": {"policy": "iso_odetoode"},
+            "iso_odetoode_skip": {
+                "policy": "iso_odetoode",
+                "set": ["policy.kwargs.linear_skip=true"],
+            },
+            "deepnet": {"policy": "deepnet"},
+        },
+        tasks={"cheetah": {"base": str(tmp_path / "base.yaml"), "budget": 10}},
+    )  # fmt: skip
+    campaign = load_campaign(path)
+    env = "InvertedPendulum-v5"  # the task's env id, as the table names it
+    rows = [_row(env, "iso_odetoode_skip", 1, 300.0), _row(env, "iso_odetoode", 2, 200.0),
+            _row(env, "deepnet", 3, 100.0)]  # fmt: skip
+    done = Counter({(env, m): 1 for m in campaign.methods})
+    from odepolicy import campaign as module
+
+    claims = {env: ("best", "ODEtoODE is the best")}
+    original = dict(module.PAPER_CLAIMS)
+    module.PAPER_CLAIMS.update(claims)
+    try:
+        text = _claim_paragraph(env, rows, done, campaign)
+        assert text.startswith(f"**{env}** (final). The paper: ODEtoODE is the best.")
+        assert "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it)" in text
+        assert text.endswith("the claim does not hold here.")
+        module.PAPER_CLAIMS[env] = ("top2", "ODEtoODE is one of the two best")
+        assert _claim_paragraph(env, rows, done, campaign).endswith("the claim holds here.")
+        partial = Counter({(env, "iso_odetoode"): 1})
+        text = _claim_paragraph(env, rows, partial, campaign)
+        assert "(provisional: 1 of 3 methods have all 1 evaluation runs finished)" in text
+        assert text.endswith("the claim holds here so far.")
+    finally:
+        module.PAPER_CLAIMS.clear()
+        module.PAPER_CLAIMS.update(original)
