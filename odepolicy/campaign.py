@@ -70,12 +70,13 @@ import numpy as np
 from . import OdepolicyError
 from .config import build_typed, config_from_dict, dump_config, read_yaml, read_yaml_mapping
 from .rundir import RunDir
-from .sweep import _child_env, stop_processes
+from .sweep import child_env, stop_processes
+from .tune import LAST_EVALS, logged_evals, run_score
 
 __all__ = ["load_campaign", "Campaign", "campaign_command", "STAGES"]
 
 STAGES = ("explore", "confirm", "evaluate")
-LAST_EVALS = 3  # as tune scores a run
+
 WAIT_S = 5.0  # how often a worker with nothing ready looks again
 
 
@@ -524,18 +525,16 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
 
 def _finish_confirm(campaign: Campaign, unit: Unit) -> None:
     run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
-    values = [r.get("eval_return_mean") for r in run.progress.read()]
-    evals = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
+    evals = logged_evals(run)
     if not evals:
         raise OdepolicyError(f"{run.path} logged no evaluation")
     counters = run.checkpoint_counters() or {}
-    last = evals[-LAST_EVALS:]
     record = {
         "task": unit.task,
         "method": unit.method,
         "trial": unit.trial,
         "seed": unit.seed,
-        "score": float(sum(last) / len(last)),
+        "score": run_score(evals),
         "env_steps": int(counters.get("env_steps", 0)),
         "wall_seconds": float(counters.get("wall_seconds", 0.0)),
     }
@@ -649,7 +648,7 @@ class Runner:
                     if self.stopping:
                         return
                     proc = subprocess.Popen(
-                        cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+                        cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env()
                     )
                     self.live.add(proc)
                 returncode = proc.wait()
@@ -844,9 +843,9 @@ def print_status(campaign: Campaign) -> list[dict]:
 def _backend_sets(address: str | None, parallel: int) -> list[str]:
     if not address:
         return []
-    from .sweep import _cluster_cpus
+    from .sweep import cluster_cpus
 
-    workers = max(1, _cluster_cpus(address) // parallel)
+    workers = max(1, cluster_cpus(address) // parallel)
     return ["backend.name=ray", f"backend.address={address}", f"backend.workers={workers}"]
 
 

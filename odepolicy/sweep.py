@@ -215,7 +215,7 @@ def run_status(run: SweepRun, out: Path) -> str:
     return _ACTIONS[RunDir(out / run.name).status(run.config)]
 
 
-def _cluster_cpus(address: str) -> int:
+def cluster_cpus(address: str) -> int:
     """CPUs of the cluster at `address`; a dead address fails fast, naming where it came from."""
     import ray
 
@@ -246,7 +246,7 @@ def _command(run: SweepRun, action: str, out: Path) -> list[str]:
     return cmd + ["--quiet"]
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(var, "1")  # parallelism comes from processes (DESIGN principle 4)
@@ -258,7 +258,7 @@ class _Launcher:
 
     def __init__(self, out: Path, quiet: bool):
         self.out, self.quiet = out, quiet
-        self.env = _child_env()
+        self.env = child_env()
         self.live: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
         self.stopping = False
@@ -390,7 +390,7 @@ def sweep_command(args) -> int:
     out = Path(args.out if args.out is not None else sweep["out"])
     extra: list[str] = []
     if args.address:
-        workers = max(1, _cluster_cpus(args.address) // parallel)
+        workers = max(1, cluster_cpus(args.address) // parallel)
         extra = [
             "backend.name=ray",
             f"backend.address={args.address}",

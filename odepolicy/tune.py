@@ -191,7 +191,7 @@ class _PruningLogger(Logger):
         """A resumed run: the evaluations it logged before its checkpoint count too (progress.csv
         holds them to the last bit, and was cut back to the checkpoint's iteration)."""
         if trainer.run is not None and trainer.counters.iteration > 0:
-            self.evals = _logged_evals(trainer.run)
+            self.evals = logged_evals(trainer.run)
             self.iterations = trainer.counters.iteration
 
     def log(self, row: dict) -> None:
@@ -212,9 +212,17 @@ class _PruningLogger(Logger):
                 raise optuna.TrialPruned(f"pruned at {tenth}/{REPORTS} of the budget")
 
 
-def _logged_evals(run: RunDir) -> list[float]:
+def logged_evals(run: RunDir) -> list[float]:
+    """Every centre-policy evaluation a run logged (progress.csv), in order."""
     values = [r.get("eval_return_mean") for r in run.progress.read()]
     return [float(v) for v in values if v not in (None, "") and not math.isnan(float(v))]
+
+
+def run_score(evals: list[float]) -> float:
+    """How tune (and the campaign's confirm stage) scores one run: the mean of its last
+    LAST_EVALS evaluations."""
+    last = evals[-LAST_EVALS:]
+    return float(sum(last) / len(last))
 
 
 def _objective(
@@ -246,7 +254,7 @@ def _objective(
             state = _run_state(run, config) if taken_over else "empty"
             try:
                 if state == "finished":
-                    logger.evals = _logged_evals(run)
+                    logger.evals = logged_evals(run)
                     logger.iterations = run.checkpoint_counters()["iteration"]
                 elif state == "resumable":
                     resume(run.path, show_progress=False, loggers=[logger])
@@ -260,7 +268,7 @@ def _objective(
             evals = logger.evals  # every evaluation the run logged, in order
             if not evals:
                 raise OdepolicyError(f"trial {trial.number} logged no evaluation")
-            scores.append(float(sum(evals[-LAST_EVALS:]) / len(evals[-LAST_EVALS:])))
+            scores.append(run_score(evals))
             if seeds > 1 and not quiet:  # a trial of several seeds runs for a while: say each
                 print(
                     f"[tune] trial {trial.number}: seed {config.seed} scored {scores[-1]:.2f} "
