@@ -185,8 +185,10 @@ ROWS_CACHE = 2 << 20
 def lockstep_for(policy) -> int:
     """Environments to step in lockstep for `policy`: LOCKSTEP_MAX, or for a policy whose
     prepared state is over SMALL_ROW bytes a row, as many rows as fit in ROWS_CACHE (at least
-    one). A row's result never depends on its batch, so this changes speed only."""
-    per_row = policy.prepared_bytes()
+    one). A row's result never depends on its batch, so this changes speed only. A policy
+    without `prepared_bytes` (an exported one) keeps the full batch."""
+    sized = getattr(policy, "prepared_bytes", None)
+    per_row = sized() if sized is not None else 0
     if per_row <= SMALL_ROW:
         return LOCKSTEP_MAX
     return max(1, min(LOCKSTEP_MAX, ROWS_CACHE // per_row))
