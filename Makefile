@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install install-warp test test-warp lint demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,28 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# The optional MuJoCo Warp engine (`physics: warp`). With it installed, `make test` also runs
+# tests/test_warp_engine.py on Warp's CPU device; without it those tests skip.
+install-warp: $(STAMP)
+	$(PIP) install --quiet -e ".[warp]"
+
+# With the warp extra installed, its tests (mostly Warp's one-off kernel compile, about 2 min on
+# a fresh machine) run as a second process beside the rest of the suite, on the second core.
 test: $(STAMP)
-	MUJOCO_GL=$${MUJOCO_GL:-egl} $(VENV)/bin/pytest -q tests
+	@export MUJOCO_GL=$${MUJOCO_GL:-egl}; warp=; \
+	if $(PY) -c "import mujoco_warp" 2>/dev/null; then \
+		$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_warp_engine.py > .warp-tests.log 2>&1 & warp=$$!; \
+	fi; \
+	$(VENV)/bin/pytest -q tests --ignore=tests/test_warp_engine.py; rc=$$?; \
+	if [ -n "$$warp" ]; then \
+		wait $$warp; wrc=$$?; echo "-- tests/test_warp_engine.py (run beside the rest):"; \
+		cat .warp-tests.log; rm -f .warp-tests.log; [ $$wrc -eq 0 ] || rc=1; \
+	fi; \
+	exit $$rc
+
+# Only the MuJoCo Warp tests (installs the extra first).
+test-warp: install-warp
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(VENV)/bin/pytest -q tests/test_warp_engine.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check odepolicy tests benchmarks

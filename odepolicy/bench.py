@@ -31,7 +31,14 @@ import numpy as np
 
 from . import OdepolicyError
 
-__all__ = ["bare_steps_per_second", "bench_command", "policy_costs"]
+__all__ = [
+    "bare_steps_per_second",
+    "bench_command",
+    "policy_costs",
+    "bench_warp",
+    "warp_bare_steps_per_second",
+    "warp_iteration_rate",
+]
 
 
 def bare_steps_per_second(env_id: str, steps: int = 20_000, horizon: int = 1000) -> float:
@@ -264,6 +271,8 @@ def _time_env_steps(backend) -> list | None:
 
 
 def bench_command(args) -> int:
+    if getattr(args, "physics", "mujoco") == "warp":
+        return bench_warp(args)
     from .config import load_config
     from .envs import env_spec
     from .policies._torch import torch, torch_imported
@@ -333,4 +342,109 @@ def bench_command(args) -> int:
     print(f"peak memory, driver{replayed}: {_peak_mb():.0f} MB")
     for name, mb in rows[-1]["worker_mem"].items():
         print(f"peak memory, {name}: {mb:.0f} MB")
+    return 0
+
+
+# -- physics: warp -------------------------------------------------------------------------------
+
+WARP_POPULATIONS = (1024, 8192, 32768)
+
+
+def warp_bare_steps_per_second(env_id: str, worlds: int, device: str, steps: int = 50) -> float:
+    """Env steps/s of MuJoCo Warp's own stepping of `worlds` worlds (frame_skip `mjw.step`s per
+    env step, zero controls, no observation, reward or policy): the limit an ES iteration on
+    warp worlds is compared against. The first step (compilation, CUDA graph capture) is not
+    timed."""
+    import torch
+    import warp as wp
+
+    from .envs.warp import WarpWorlds
+
+    w = WarpWorlds(env_id, worlds, device)
+    with w.stream():
+        w.reset(w.reset_noise(worlds, torch.Generator(device=w.device).manual_seed(0)))
+        w.ctrl.zero_()
+        w.physics_step()
+        wp.synchronize_device(w.wp_device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            w.physics_step()
+        wp.synchronize_device(w.wp_device)
+    return worlds * steps / (time.perf_counter() - t0)
+
+
+def warp_iteration_rate(config, iterations: int = 1) -> dict:
+    """Time `iterations` ES iterations (the trainer's own `iterate`) of `config` (physics
+    warp) after one untimed iteration of horizon 1 that builds the worlds."""
+    from .trainer import Trainer
+
+    trainer = Trainer(config)
+    backend = trainer.open_backend()
+    try:
+        horizon, config.horizon = config.horizon, 1
+        trainer.iterate()
+        config.horizon = horizon
+        steps0, t0 = trainer.counters.env_steps, time.perf_counter()
+        for _ in range(iterations):
+            trainer.iterate()
+        seconds = time.perf_counter() - t0
+        steps = trainer.counters.env_steps - steps0
+    finally:
+        backend.close()
+    return {"rate": steps / seconds, "steps": steps, "seconds": seconds}
+
+
+def _warp_config(args, population: int):
+    from .config import Config, PolicyConfig
+    from .es import ESSettings
+
+    kwargs = {} if args.hidden is None else {"hidden": args.hidden}
+    antithetic = not args.no_antithetic
+    directions = max(population // 2, 1) if antithetic else population
+    return Config(
+        env=args.env,
+        policy=PolicyConfig(args.policy, kwargs),
+        es=ESSettings(directions=directions, antithetic=antithetic),
+        horizon=args.horizon,
+        physics="warp",
+        device=args.device,
+    ).validate()
+
+
+def bench_warp(args) -> int:
+    """`odepolicy bench --physics warp`: for each population (worlds), ES iteration env steps/s
+    on MuJoCo Warp worlds and the ratio to MuJoCo Warp's bare stepping of as many worlds."""
+    from .envs import require_warp
+    from .envs.warp import torch_device
+
+    if args.config or args.replay or args.backend != "local":
+        raise OdepolicyError("--physics warp takes --env/--policy (no --config, --replay or ray)")
+    require_warp(args.env)
+    sizes = list(args.perturbations or WARP_POPULATIONS)
+    args.horizon = 1000 if args.horizon is None else args.horizon
+    iterations = 1 if args.iterations is None else args.iterations
+    if min(sizes) < 1 or args.horizon < 1 or iterations < 1:
+        raise OdepolicyError("--perturbations, --horizon and --iterations must be positive")
+    device = torch_device(args.device)
+    args.device = device.type  # a config's device: cpu or cuda
+    print(
+        f"env {args.env}, policy {args.policy}, physics warp on {device}; horizon "
+        f"{args.horizon}, {iterations} timed iteration(s) per population"
+    )
+    rows = []
+    for n in sizes:
+        config = _warp_config(args, n)
+        bare = warp_bare_steps_per_second(args.env, config.es.population, args.device)
+        es = warp_iteration_rate(config, iterations)
+        rows.append((config.es.population, bare, es))
+    table = [
+        ("population (worlds)", lambda r: f"{r[0]}"),
+        ("bare MuJoCo Warp, steps/s", lambda r: f"{r[1]:,.0f}"),
+        ("ES iteration, steps/s", lambda r: f"{r[2]['rate']:,.0f}"),
+        ("ratio to bare", lambda r: f"{r[2]['rate'] / r[1]:.3f}"),
+        ("timed env steps", lambda r: f"{r[2]['steps']:,}"),
+    ]
+    width = max(len(name) for name, _ in table)
+    for name, cell in table:
+        print(f"{name:<{width}}  " + "  ".join(f"{cell(r):>14}" for r in rows))
     return 0

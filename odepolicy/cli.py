@@ -19,7 +19,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 from . import OdepolicyError, __version__  # noqa: E402
 from .checkpoint import CHECKPOINTS  # noqa: E402
-from .config import BACKENDS  # noqa: E402
+from .config import BACKENDS, PHYSICS  # noqa: E402
 from .plotting import BANDS, X_AXES  # noqa: E402
 
 __all__ = ["main", "build_parser"]
@@ -41,7 +41,11 @@ def _add_train(sub) -> None:
         "train",
         help="train a policy with Riemannian ES",
         description="Train a policy from a YAML config. A run folder is created under --out "
-        "holding config.yaml, progress.csv, checkpoints/ and meta.json.",
+        "holding config.yaml, progress.csv, checkpoints/ and meta.json. `--set physics=warp` "
+        "evaluates each iteration's whole population as MuJoCo Warp worlds on the run's device "
+        "(`--set device=cuda` for a GPU, cpu for Warp's CPU device; needs pip install -e "
+        '".[warp]"; HalfCheetah, Hopper, Walker2d, Swimmer and Humanoid v5); the default '
+        "physics=mujoco steps Gymnasium / dm_control on CPU workers.",
     )
     p.add_argument(
         "config",
@@ -97,6 +101,18 @@ def _add_evaluate(sub) -> None:
         "--env", help="evaluate on another env id with the same observation/action sizes"
     )
     p.add_argument("--horizon", type=int, default=None, help="steps per episode (default: run's)")
+    p.add_argument(
+        "--physics",
+        choices=list(PHYSICS),
+        default="mujoco",
+        help="mujoco (default: Gymnasium on CPU) or warp (MuJoCo Warp worlds on --device, as a "
+        "physics=warp run evaluates; needs the warp extra)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="with --physics warp: cpu, cuda or auto (default: the run's device)",
+    )
     p.add_argument(
         "--obs-noise",
         type=float,
@@ -213,7 +229,20 @@ def _add_bench(sub) -> None:
         default=None,
         metavar="K",
         help="ES directions per iteration; several sizes are run side by side (default: 8 100, "
-        "or the config's directions)",
+        "or the config's directions); with --physics warp, populations (worlds), default 1024 "
+        "8192 32768",
+    )
+    p.add_argument(
+        "--physics",
+        choices=list(PHYSICS),
+        default="mujoco",
+        help="warp: env steps/s of ES iterations on MuJoCo Warp worlds against MuJoCo Warp's own "
+        "bare stepping of as many worlds (needs the warp extra)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="with --physics warp: cpu, cuda or auto (default auto: CUDA when available)",
     )
     p.add_argument("--no-antithetic", action="store_true", help="one-sided sampling")
     p.add_argument(
@@ -421,6 +450,8 @@ def cmd_evaluate(args) -> int:
         video_every=args.video_every,
         size=(args.width, args.height),
         show_progress=not args.quiet,
+        physics=args.physics,
+        device=args.device,
     )
     if args.json:
         print(record_json(out))
@@ -430,6 +461,8 @@ def cmd_evaluate(args) -> int:
     if out["obs_noise"] or out["action_noise"]:
         noise = f", obs noise {out['obs_noise']:g}, action noise {out['action_noise']:g}"
     policy = f"{out['policy']} ({out['exported']} export)" if out["exported"] else out["policy"]
+    if out["physics"] != "mujoco":
+        policy += f", physics {out['physics']}"
     print(
         f"{out['env_id']} {policy}: return {out['mean']:.2f} +- {out['std']:.2f} "
         f"over {out['episodes']} episodes (seeds {out['seed']}..{last_seed}{noise})"

@@ -20,6 +20,7 @@ from .es.strategy import ESSettings
 
 DEVICES = ("cpu", "cuda", "auto")
 BACKENDS = ("local", "ray")  # what backends.make_backend builds (a test checks they agree)
+PHYSICS = ("mujoco", "warp")  # envs.PHYSICS (a test checks they agree)
 
 __all__ = [
     "Config",
@@ -67,6 +68,9 @@ class Config:
     # tensorboard package: pip install 'odepolicy[tensorboard]')
     tensorboard: bool = False
     device: str = "cpu"  # cpu | cuda | auto
+    # mujoco: Gymnasium / dm_control on CPU workers; warp: the whole population as MuJoCo Warp
+    # worlds on `device` (pip install -e ".[warp]"; five Gymnasium v5 tasks)
+    physics: str = "mujoco"
     backend: BackendConfig = field(default_factory=BackendConfig)
 
     def to_dict(self) -> dict:
@@ -86,11 +90,21 @@ class Config:
             ),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
             (
+                self.physics in PHYSICS,
+                "physics",
+                f"must be one of {', '.join(PHYSICS)}, got {self.physics!r}",
+            ),
+            (
                 self.backend.name in BACKENDS,
                 "backend.name",
                 f"must be one of {', '.join(BACKENDS)}",
             ),
             (self.backend.workers >= 1, "backend.workers", "must be at least 1"),
+            (
+                self.physics != "warp" or self.backend.name == "local",
+                "backend.name",
+                "must be local with physics: warp (every world runs on one device, in process)",
+            ),
             (
                 self.max_env_steps is None or self.max_env_steps > 0,
                 "max_env_steps",

@@ -37,10 +37,10 @@ import numpy as np
 
 from . import OdepolicyError
 from .checkpoint import load_policy, resolve_checkpoint
-from .envs import Env, make_env
+from .envs import PHYSICS, Env, make_env, require_warp
 from .export import exported_format, load_exported
 from .policies import policy_for_env
-from .rollout import evaluate_population, lockstep_for
+from .rollout import RolloutTask, evaluate_population, lockstep_for
 
 __all__ = [
     "evaluate_checkpoint",
@@ -150,12 +150,21 @@ def evaluate_checkpoint(
     size: tuple[int, int] = (480, 360),
     show_progress: bool = False,
     video_every: int = 1,
+    physics: str = "mujoco",
+    device: str | None = None,
 ) -> dict:
     """Evaluate the centre policy of a checkpoint (a file, or a run folder's `checkpoint`:
     latest by default, or best), or a policy from `odepolicy export` (.onnx or npz), over
     `episodes` seeded episodes, seeds `seed`, `seed + 1`, ...; optionally render the first
     `video_episodes` of them to `video` (.mp4 or .gif). Returns the record `odepolicy evaluate
-    --json` prints, with `returns` and `lengths` as numpy arrays."""
+    --json` prints, with `returns` and `lengths` as numpy arrays.
+
+    `physics="warp"` runs the episodes as MuJoCo Warp worlds on `device` (default: the run's
+    own device) through the trainer's warp evaluation, so with the default seeds it reproduces
+    a warp run's `eval_return_mean`; start states are drawn on the device from `seed` (see
+    `odepolicy.rollout_warp`). Noise, videos and exported policies need `physics="mujoco"`."""
+    if physics not in PHYSICS:
+        raise OdepolicyError(f"--physics must be one of {', '.join(PHYSICS)}, got {physics!r}")
     exported = exported_format(path)  # a policy from `odepolicy export`: .onnx or npz
     if exported:
         if checkpoint is not None:
@@ -180,6 +189,8 @@ def evaluate_checkpoint(
             Path(video), int(video_episodes), camera, int(fps), width, height, int(video_every)
         )
         settings.validate(episodes)
+    if physics == "warp":
+        _check_warp_options(env_id, exported, obs_noise, action_noise, settings)
 
     def new_env():
         env = make_env(env_id)
@@ -201,9 +212,15 @@ def evaluate_checkpoint(
             mean, std = normalizer.mean_std()
             normalization = (mean, std, normalizer.active_clip)
         seeds = [seed + k for k in range(episodes)]
-        returns, lengths, reasons = _run_episodes(
-            policy, theta, normalization, env, new_env, seeds, horizon
-        )
+        if physics == "warp":
+            device = device or meta["config"].get("device", "cpu")
+            returns, lengths, reasons = _run_episodes_warp(
+                meta, env_id, theta, normalization, seed, episodes, horizon, device
+            )
+        else:
+            returns, lengths, reasons = _run_episodes(
+                policy, theta, normalization, env, new_env, seeds, horizon
+            )
         record = summarize(returns, lengths, reasons)
         record.update(
             checkpoint=str(file),
@@ -215,6 +232,7 @@ def evaluate_checkpoint(
             horizon=horizon,
             obs_noise=obs_noise,
             action_noise=action_noise,
+            physics=physics,
             video=None,
         )
         if settings is not None:
@@ -275,6 +293,36 @@ def _run_episodes(policy, theta, normalization, env, new_env, seeds, horizon):
         for extra in envs[1:]:
             extra.close()
     return np.array(returns), np.array(lengths, dtype=np.int64), reasons
+
+
+def _check_warp_options(env_id, exported, obs_noise, action_noise, settings) -> None:
+    """What `physics: warp` cannot do here, as one-line errors, before anything runs."""
+    if exported:
+        raise OdepolicyError(
+            "--physics warp runs checkpoints (the policy's torch path); an exported policy "
+            "runs on --physics mujoco"
+        )
+    if obs_noise or action_noise:
+        raise OdepolicyError("--obs-noise and --action-noise need --physics mujoco")
+    if settings is not None:
+        raise OdepolicyError("--video renders MuJoCo's own data: use --physics mujoco")
+    require_warp(env_id)
+
+
+def _run_episodes_warp(meta, env_id, theta, normalization, seed, episodes, horizon, device):
+    """(returns, lengths, failure reasons) of the centre policy on `episodes` MuJoCo Warp
+    worlds, exactly as a warp run's trainer evaluates it (evaluation seed `seed`)."""
+    from .rollout_warp import WarpRolloutWorker
+
+    spec = {"name": meta["policy"]["name"], **meta["policy"]["kwargs"]}
+    worker = WarpRolloutWorker(env_id, spec, device=device)
+    mean, std, clip = normalization
+    task = RolloutTask(theta, horizon, None, mean, std, eval_seed=seed, obs_clip=clip)
+    results = worker.run(task, list(range(episodes)))
+    worker.close()
+    returns = np.array([r.ret for r in results])
+    lengths = np.array([r.length for r in results], dtype=np.int64)
+    return returns, lengths, [r.reason for r in results if r.reason]
 
 
 def summarize(returns: np.ndarray, lengths: np.ndarray, reasons: list[str]) -> dict:

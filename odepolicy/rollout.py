@@ -44,6 +44,20 @@ class PopulationResult:
     obs_sum: np.ndarray  # [P, obs_dim]
     obs_sumsq: np.ndarray  # [P, obs_dim]
 
+    def per_index(self, indices) -> list[PerturbationResult]:
+        """Row r's result as `PerturbationResult` index indices[r] (what a worker returns)."""
+        return [
+            PerturbationResult(
+                index=k,
+                ret=float(self.returns[row]),
+                length=int(self.lengths[row]),
+                failed=bool(self.failed[row]),
+                reason=self.reasons[row],
+                stats=self.stats(row).state(),
+            )
+            for row, k in enumerate(indices)
+        ]
+
     def stats(self, row: int) -> RunningStats:
         """Observation statistics seen by one row, as a mergeable delta."""
         n = float(self.obs_count[row])
@@ -281,17 +295,7 @@ class RolloutWorker:
                 task.obs_std,
                 task.obs_clip,
             )
-            out += [
-                PerturbationResult(
-                    index=k,
-                    ret=float(res.returns[row]),
-                    length=int(res.lengths[row]),
-                    failed=bool(res.failed[row]),
-                    reason=res.reasons[row],
-                    stats=res.stats(row).state(),
-                )
-                for row, k in enumerate(indices[rows])
-            ]
+            out += res.per_index(indices[rows])
         return out
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from . import OdepolicyError
 from .backends import Backend, make_backend
 from .config import Config
-from .envs import EnvSpec, env_spec
+from .envs import EnvSpec, env_spec, require_warp
 from .es import RiemannianES
 from .loggers import Logger, ProgressBarLogger, ProgressCSVLogger, TensorBoardLogger
 from .normalizer import ObsNormalizer, RunningStats
@@ -43,6 +43,8 @@ class Trainer:
         spec: EnvSpec | None = None,
     ):
         self.config, self.run, self.loggers = config, run, list(loggers or [])
+        if config.physics == "warp":  # an unsupported task or a missing extra: fail first
+            require_warp(config.env)
         self.env_spec = spec or env_spec(config.env)
         self.policy_spec = {"name": config.policy.name, **config.policy.kwargs}
         if config.device != "cpu":
@@ -71,6 +73,8 @@ class Trainer:
             workers=cfg.backend.workers,
             address=cfg.backend.address,
             policy=self.policy,  # a local run steps the trainer's own policy
+            physics=cfg.physics,
+            device=cfg.device,
         )
         info = getattr(self.backend, "cluster_info", None)
         if info and self.run is not None:

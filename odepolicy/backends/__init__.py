@@ -1,4 +1,5 @@
-"""Backends move rollout work to workers: `local` (in process) and `ray` (actors)."""
+"""Backends move rollout work to workers: `local` (in process) and `ray` (actors); with
+`physics: warp`, the `warp` backend (every world on one device, in process)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,21 @@ def make_backend(
     workers: int = 1,
     address: str | None = None,
     policy=None,
+    physics: str = "mujoco",
+    device: str = "cpu",
 ) -> Backend:
     """A backend by name. `policy`: an already built policy the local backend may step itself
-    (Ray actors always build their own from `policy_spec`)."""
+    (Ray actors always build their own from `policy_spec`). `physics="warp"` steps the whole
+    population as MuJoCo Warp worlds on `device` in this process (backend `local` only)."""
+    if physics == "warp":
+        if name != "local":
+            raise OdepolicyError(
+                f"physics: warp runs every world on one device in this process; "
+                f"use backend.name local (got {name!r})"
+            )
+        from .warp import WarpBackend
+
+        return WarpBackend(env_id, policy_spec, max_episode_steps, device=device)
     if name == "local":
         return LocalBackend(env_id, policy_spec, max_episode_steps, policy=policy)
     if name == "ray":

@@ -1,4 +1,5 @@
-"""One interface over Gymnasium MuJoCo tasks and DeepMind Control Suite tasks.
+"""One interface over Gymnasium MuJoCo tasks and DeepMind Control Suite tasks (`physics:
+mujoco`, on the CPU), and the MuJoCo Warp engine (`physics: warp`, `odepolicy.envs.warp`).
 
 `make_env` returns an `Env` with float64 flat observations, the bounds of the action box, and the
 Gymnasium step contract (terminated and truncated kept apart). dm_control tasks come through
@@ -9,6 +10,10 @@ This layer also owns the environments' console noise: third-party deprecation no
 nothing about the user's run (MuJoCo's `settotalmass` notice, which arrives either through our
 MuJoCo warning callback or, once dm_control is imported, through dm_control's absl logging) are
 dropped in one place, `_quiet_known_notices`; every other warning still shows.
+
+`physics: warp` runs Gymnasium's v5 locomotion tasks (`WARP_ENV_IDS`) as worlds of one batched
+MuJoCo Warp model on a device (`odepolicy.envs.warp.WarpWorlds`). That module imports Warp, an
+optional extra; `require_warp` checks the id and the extra first, with a one-line error.
 """
 
 from __future__ import annotations
@@ -21,9 +26,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import OdepolicyError
+from .. import OdepolicyError
 
-__all__ = ["Env", "EnvSpec", "make_env", "env_spec", "known_env_ids"]
+__all__ = [
+    "Env",
+    "EnvSpec",
+    "make_env",
+    "env_spec",
+    "known_env_ids",
+    "PHYSICS",
+    "WARP_ENV_IDS",
+    "require_warp",
+]
+
+PHYSICS = ("mujoco", "warp")  # config.PHYSICS must agree (tests/test_structure.py)
+# The tasks `physics: warp` has (odepolicy.envs.warp.TASKS), written from Gymnasium's v5 files.
+WARP_ENV_IDS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5", "Humanoid-v5")
+WARP_INSTALL_HINT = 'pip install -e ".[warp]"'
 
 _DM_PREFIX = "dm_control/"
 _DM_DEFAULT_STEPS = 1000
@@ -213,3 +232,22 @@ def env_spec(env_id: str) -> EnvSpec:
         return env.spec
     finally:
         env.close()
+
+
+def require_warp(env_id: str | None = None) -> None:
+    """Check that `physics: warp` can run `env_id`: a task it has, and the optional extra
+    installed. Raises OdepolicyError (one line) otherwise; imports nothing of Warp's itself
+    beyond finding the packages."""
+    if env_id is not None and env_id not in WARP_ENV_IDS:
+        raise OdepolicyError(
+            f"physics: warp has no task {env_id!r}; it has {', '.join(WARP_ENV_IDS)} "
+            f"(use physics: mujoco for other environments)"
+        )
+    import importlib.util
+
+    missing = [m for m in ("warp", "mujoco_warp") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OdepolicyError(
+            f"physics: warp needs MuJoCo Warp ({', '.join(missing)} not installed): "
+            f"{WARP_INSTALL_HINT}"
+        )
