@@ -121,9 +121,14 @@ class EnvSpec:
 
 
 class Env:
-    """A thin wrapper: flat float64 observations, `reset(seed)` and `step(action)`."""
+    """A thin wrapper: flat float64 observations, `reset(seed)` and `step(action)`.
 
-    def __init__(self, env, env_id: str, obs_keys: tuple[str, ...]):
+    Gymnasium's Swimmer, Hopper, HalfCheetah and Walker2d v5 (built by `make_env`, no render
+    mode) step through a lean step (`odepolicy.envs.lean`) that returns bit for bit what
+    Gymnasium's step returns, with less Python around MuJoCo; `lean=False` keeps Gymnasium's
+    step for them too. `lean` says which one this environment uses."""
+
+    def __init__(self, env, env_id: str, obs_keys: tuple[str, ...], lean: bool = True):
         self.gym_env = env
         self.env_id = env_id
         self.obs_keys = obs_keys
@@ -134,6 +139,16 @@ class Env:
         self.max_episode_steps = getattr(env.spec, "max_episode_steps", None)
         obs, _ = env.reset(seed=0)
         self.obs_dim = int(self._flatten(obs).shape[0])
+        self._lean_step = None
+        if lean:
+            from .lean import lean_step_for
+
+            self._lean_step = lean_step_for(env, env_id)
+
+    @property
+    def lean(self) -> bool:
+        """Whether `step` is the lean step (`odepolicy.envs.lean`) rather than Gymnasium's."""
+        return self._lean_step is not None
 
     def _flatten(self, obs) -> np.ndarray:
         if isinstance(obs, dict):
@@ -147,6 +162,8 @@ class Env:
         return self._flatten(obs)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        if self._lean_step is not None:
+            return self._lean_step(action)
         obs, reward, terminated, truncated, _ = self.gym_env.step(action)
         return self._flatten(obs), float(reward), bool(terminated), bool(truncated)
 
@@ -192,11 +209,13 @@ def make_env(
     seed: int | None = None,
     max_episode_steps: int | None = None,
     render_mode: str | None = None,
+    lean: bool = True,
 ) -> Env:
     """Build an environment by Gymnasium id or `dm_control/<domain>-<task>-v0` id.
 
     Unknown ids raise OdepolicyError naming close matches. dm_control tasks have no episode
     limit in Shimmy's specs; they get the suite's usual 1000 steps unless told otherwise.
+    `lean=False` keeps Gymnasium's own step where `Env` would use a lean one (see `Env`).
     """
     gym = _import_gym()
     if env_id.startswith(_DM_PREFIX) or env_id not in gym.registry:
@@ -220,7 +239,7 @@ def make_env(
     obs_keys: tuple[str, ...] = ()
     if hasattr(space, "spaces") and isinstance(space.spaces, dict):
         obs_keys = tuple(sorted(space.spaces))
-    wrapped = Env(env, env_id, obs_keys)
+    wrapped = Env(env, env_id, obs_keys, lean=lean)
     if seed is not None:
         wrapped.reset(seed=seed)
     return wrapped

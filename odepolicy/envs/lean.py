@@ -1,0 +1,276 @@
+"""Lean `Env.step` for Gymnasium's v5 locomotion tasks Swimmer, Hopper, HalfCheetah, Walker2d.
+
+Gymnasium's step of these tasks spends about as long in Python as MuJoCo spends stepping: the
+TimeLimit and OrderEnforcing wrappers, the info dict, the `dt` property (read three times),
+`is_healthy` computed twice, `np.clip` and friends on ten-element arrays. A lean step does what
+the task's own `step` does, on the unwrapped `MujocoEnv` (`data.ctrl`, `mj_step` with
+`nstep=frame_skip`, `mj_rnePostConstraint`), then computes the observation, reward and
+termination the way the task's `step`, `_get_obs`, `_get_rew`, `is_healthy` and `control_cost`
+do, and truncation the way TimeLimit does, with none of the rest.
+
+Bit for bit the same as Gymnasium's path (tests/test_envs_lean.py compares them):
+
+- every floating-point operation that makes a reward is the task's own, on the same types and
+  in the same order (x velocity `(after - before) / dt`, `weight * x_velocity`,
+  `is_healthy * healthy_reward`, `rewards - costs`; the control cost is `np.sum` of
+  `np.square(action)`, through `np.add.reduce(..., axis=None)`, which is what `np.sum` calls for
+  an ndarray). `dt` is `model.opt.timestep * frame_skip`, as the property computes it, once.
+- what is not arithmetic is done in cheaper but exact ways: the observation's numbers are
+  copies of qpos and qvel, the velocity clip to [-10, 10] (Hopper, Walker2d) selects the bound
+  or the value with the same comparisons (a NaN stays the value, as in `np.clip`), and the
+  health checks make the same comparisons (`low < x < high`) on the same numbers, each once per
+  step.
+- the action is checked as `do_simulation` checks it (ValueError for a shape other than (nu,)),
+  before anything is stepped or counted.
+- truncation is TimeLimit's: the wrapper's own step counter (`_elapsed_steps`, zeroed by the
+  wrapper's reset, which `Env.reset` still goes through) goes up by one each step, truncated
+  when it reaches `_max_episode_steps`. OrderEnforcing's check needs nothing: `Env` resets the
+  environment when it is built.
+
+The info dict is not built (`Env.step` drops it). A lean step is used only for exactly
+TimeLimit(OrderEnforcing(<the task's own class>)) with `render_mode` None (`lean_step_for`
+returns None otherwise, and `Env` keeps Gymnasium's path): rendering and video, dm_control and
+every other task step as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import _import_gym
+
+_import_gym()  # MuJoCo's GL backend is chosen (and its known notices quieted) before its import
+import mujoco  # noqa: E402
+
+__all__ = ["LEAN_ENV_IDS", "lean_step_for"]
+
+LEAN_ENV_IDS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+
+StepFn = Callable[[object], tuple[np.ndarray, float, bool, bool]]
+
+_mj_step = mujoco.mj_step
+_mj_rne_post_constraint = mujoco.mj_rnePostConstraint
+_square = np.square
+_add_reduce = np.add.reduce
+_shape = np.shape
+_array = np.array
+_concatenate = np.concatenate
+_ndarray = np.ndarray
+
+
+def _task_classes() -> dict:
+    from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+    from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+    from gymnasium.envs.mujoco.swimmer_v5 import SwimmerEnv
+    from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+
+    return {
+        "Swimmer-v5": (SwimmerEnv, _swimmer),
+        "Hopper-v5": (HopperEnv, _hopper),
+        "HalfCheetah-v5": (HalfCheetahEnv, _half_cheetah),
+        "Walker2d-v5": (Walker2dEnv, _walker2d),
+    }
+
+
+def lean_step_for(gym_env, env_id: str) -> StepFn | None:
+    """The lean step for `gym_env` (as `gym.make` built it for `env_id`), or None where
+    Gymnasium's own step must stay: another task, a render mode, other wrappers."""
+    if env_id not in LEAN_ENV_IDS:
+        return None
+    from gymnasium.wrappers import OrderEnforcing, TimeLimit
+
+    if type(gym_env) is not TimeLimit or type(gym_env.env) is not OrderEnforcing:
+        return None
+    task = gym_env.env.env
+    cls, build = _task_classes()[env_id]
+    if type(task) is not cls or task.render_mode is not None:
+        return None
+    return build(task, gym_env)
+
+
+def _cost(task, action):
+    # control_cost: `self._ctrl_cost_weight * np.sum(np.square(action))`
+    squares = _square(action)
+    total = _add_reduce(squares, axis=None) if type(squares) is _ndarray else np.sum(squares)
+    return task._ctrl_cost_weight * total
+
+
+def _check(action, nu: int) -> None:
+    # do_simulation's check, message and all (an ndarray of shape (nu,) passes at once)
+    if type(action) is _ndarray and action.shape == (nu,):
+        return
+    if _shape(action) != (nu,):
+        raise ValueError(
+            f"Action dimension mismatch. Expected {(nu,)}, found {np.array(action).shape}"
+        )
+
+
+def _clip10(values: list) -> list:
+    # np.clip(v, -10, 10): the bound where the value is past it, else the value (NaN stays)
+    return [-10.0 if x < -10.0 else (10.0 if x > 10.0 else x) for x in values]
+
+
+class _Sim:
+    """The task's MjModel/MjData and views of them, rebuilt should the task ever swap them."""
+
+    __slots__ = ("task", "model", "data", "qpos", "qvel", "ctrl", "nu", "frame_skip", "dt")
+
+    def __init__(self, task):
+        self.task = task
+        self.frame_skip = task.frame_skip
+        self.bind()
+
+    def bind(self) -> None:
+        task = self.task
+        self.model, self.data = task.model, task.data
+        self.qpos, self.qvel, self.ctrl = self.data.qpos, self.data.qvel, self.data.ctrl
+        self.nu = self.model.nu
+        self.dt = self.model.opt.timestep * self.frame_skip  # MujocoEnv.dt, computed once
+
+    def current(self) -> _Sim:
+        task = self.task
+        if task.data is not self.data or task.model is not self.model:
+            self.bind()
+        return self
+
+
+def _hopper(task, limit) -> StepFn:
+    sim = _Sim(task)
+
+    def step(action):
+        s = sim.current()
+        _check(action, s.nu)
+        qpos = s.qpos
+        x_position_before = qpos[0]
+        s.ctrl[:] = action
+        _mj_step(s.model, s.data, nstep=s.frame_skip)
+        _mj_rne_post_constraint(s.model, s.data)
+        x_position_after = qpos[0]
+        x_velocity = (x_position_after - x_position_before) / s.dt
+
+        position, velocity = qpos.tolist(), s.qvel.tolist()
+        # is_healthy, once: state_vector()[2:], z and angle, each in its range
+        min_state, max_state = task._healthy_state_range
+        min_z, max_z = task._healthy_z_range
+        min_angle, max_angle = task._healthy_angle_range
+        healthy_state = True
+        for x in position[2:] + velocity:
+            if not (min_state < x < max_state):
+                healthy_state = False
+                break
+        z, angle = position[1], position[2]
+        is_healthy = healthy_state and (min_z < z < max_z) and (min_angle < angle < max_angle)
+
+        if task._exclude_current_positions_from_observation:
+            position = position[1:]
+        observation = _array(position + _clip10(velocity))
+
+        forward_reward = task._forward_reward_weight * x_velocity
+        healthy_reward = is_healthy * task._healthy_reward
+        rewards = forward_reward + healthy_reward
+        costs = _cost(task, action)
+        reward = rewards - costs
+        terminated = (not is_healthy) and task._terminate_when_unhealthy
+
+        limit._elapsed_steps += 1
+        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        return observation, float(reward), bool(terminated), truncated
+
+    return step
+
+
+def _walker2d(task, limit) -> StepFn:
+    sim = _Sim(task)
+
+    def step(action):
+        s = sim.current()
+        _check(action, s.nu)
+        qpos = s.qpos
+        x_position_before = qpos[0]
+        s.ctrl[:] = action
+        _mj_step(s.model, s.data, nstep=s.frame_skip)
+        _mj_rne_post_constraint(s.model, s.data)
+        x_position_after = qpos[0]
+        x_velocity = (x_position_after - x_position_before) / s.dt
+
+        position = qpos.tolist()
+        # is_healthy, once: z and angle only (no state range, unlike Hopper)
+        z, angle = position[1], position[2]
+        min_z, max_z = task._healthy_z_range
+        min_angle, max_angle = task._healthy_angle_range
+        is_healthy = (min_z < z < max_z) and (min_angle < angle < max_angle)
+
+        if task._exclude_current_positions_from_observation:
+            position = position[1:]
+        observation = _array(position + _clip10(s.qvel.tolist()))
+
+        forward_reward = task._forward_reward_weight * x_velocity
+        healthy_reward = is_healthy * task._healthy_reward
+        rewards = forward_reward + healthy_reward
+        costs = _cost(task, action)
+        reward = rewards - costs
+        terminated = (not is_healthy) and task._terminate_when_unhealthy
+
+        limit._elapsed_steps += 1
+        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        return observation, float(reward), bool(terminated), truncated
+
+    return step
+
+
+def _half_cheetah(task, limit) -> StepFn:
+    sim = _Sim(task)
+
+    def step(action):
+        s = sim.current()
+        _check(action, s.nu)
+        qpos = s.qpos
+        x_position_before = qpos[0]
+        s.ctrl[:] = action
+        _mj_step(s.model, s.data, nstep=s.frame_skip)
+        _mj_rne_post_constraint(s.model, s.data)
+        x_position_after = qpos[0]
+        x_velocity = (x_position_after - x_position_before) / s.dt
+
+        position = qpos[1:] if task._exclude_current_positions_from_observation else qpos
+        observation = _concatenate((position, s.qvel))
+
+        forward_reward = task._forward_reward_weight * x_velocity
+        ctrl_cost = _cost(task, action)
+        reward = forward_reward - ctrl_cost
+
+        limit._elapsed_steps += 1
+        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        return observation, float(reward), False, truncated
+
+    return step
+
+
+def _swimmer(task, limit) -> StepFn:
+    sim = _Sim(task)
+
+    def step(action):
+        s = sim.current()
+        _check(action, s.nu)
+        qpos = s.qpos
+        x_position_before = qpos[0]  # Swimmer differences (x, y) and divides: per element,
+        s.ctrl[:] = action  # the same IEEE operations as on x alone
+        _mj_step(s.model, s.data, nstep=s.frame_skip)
+        _mj_rne_post_constraint(s.model, s.data)
+        x_position_after = qpos[0]
+        x_velocity = (x_position_after - x_position_before) / s.dt
+
+        position = qpos[2:] if task._exclude_current_positions_from_observation else qpos
+        observation = _concatenate((position, s.qvel))
+
+        forward_reward = task._forward_reward_weight * x_velocity
+        ctrl_cost = _cost(task, action)
+        reward = forward_reward - ctrl_cost
+
+        limit._elapsed_steps += 1
+        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        return observation, float(reward), False, truncated
+
+    return step

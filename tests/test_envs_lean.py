@@ -1,0 +1,133 @@
+"""The lean step of Swimmer, Hopper, HalfCheetah and Walker2d v5 (`odepolicy.envs.lean`) returns
+bit for bit what Gymnasium's step returns: observations, rewards, terminated and truncated,
+over the same resets and actions, through falls, resets after termination and time limits."""
+
+import numpy as np
+import pytest
+
+from odepolicy.envs import make_env
+from odepolicy.envs.lean import LEAN_ENV_IDS
+
+TASKS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+
+
+def _actions(env, n: int, rng: np.random.Generator, large=True) -> list[np.ndarray]:
+    """Uniform in the action box (a third of it when `large` is False: Hopper and Walker2d then
+    stand past a short time limit), with, when `large`, bursts of 3x the box that make Hopper
+    and Walker2d fall; and a few float32 actions (the control cost's type then differs)."""
+    low, high = env.action_low, env.action_high
+    out = []
+    for t in range(n):
+        a = rng.uniform(low, high)
+        if not large:
+            a = a / 3.0
+        elif t % 100 >= 80:
+            a = 3.0 * a
+        if t % 17 == 5:
+            a = a.astype(np.float32)
+        out.append(a)
+    return out
+
+
+def _same(a, b) -> bool:
+    obs_a, rew_a, term_a, trunc_a = a
+    obs_b, rew_b, term_b, trunc_b = b
+    return (
+        obs_a.dtype == obs_b.dtype == np.float64
+        and np.array_equal(obs_a.view(np.int64), obs_b.view(np.int64))
+        and type(rew_a) is type(rew_b) is float
+        and np.array_equal(np.float64(rew_a).view(np.int64), np.float64(rew_b).view(np.int64))
+        and type(term_a) is type(term_b) is bool
+        and type(trunc_a) is type(trunc_b) is bool
+        and term_a == term_b
+        and trunc_a == trunc_b
+    )
+
+
+def _compare(env_id: str, max_episode_steps=None, episodes=3, steps=300, seed=0, large=True):
+    old = make_env(env_id, max_episode_steps=max_episode_steps, lean=False)
+    new = make_env(env_id, max_episode_steps=max_episode_steps)
+    assert not old.lean and new.lean
+    rng = np.random.default_rng(seed)
+    counts = {"terminated": 0, "truncated": 0, "steps": 0}
+    for episode in range(episodes):
+        s = 1000 * seed + episode
+        a, b = old.reset(seed=s), new.reset(seed=s)
+        assert np.array_equal(a.view(np.int64), b.view(np.int64))
+        for t, action in enumerate(_actions(old, steps, rng, large)):
+            ra, rb = old.step(action), new.step(action.copy())
+            assert _same(ra, rb), (env_id, episode, t, ra, rb)
+            counts["steps"] += 1
+            if ra[2] or ra[3]:
+                counts["terminated" if ra[2] else "truncated"] += 1
+                s += 7919  # reset after the end and go on with this episode's actions
+                a, b = old.reset(seed=s), new.reset(seed=s)
+                assert np.array_equal(a.view(np.int64), b.view(np.int64))
+    old.close()
+    new.close()
+    return counts
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_lean_step_is_gymnasiums_bit_for_bit(env_id):
+    counts = _compare(env_id)
+    if env_id in ("Hopper-v5", "Walker2d-v5"):
+        assert counts["terminated"] >= 3  # the large actions made them fall, and reset
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_lean_step_truncates_on_the_same_step(env_id):
+    counts = _compare(env_id, max_episode_steps=50, episodes=2, steps=120, seed=1, large=False)
+    assert counts["truncated"] >= 1
+
+
+def test_lean_step_keeps_do_simulations_action_check():
+    env = make_env("Hopper-v5", seed=0)
+    assert env.lean
+    before = env.gym_env._elapsed_steps
+    with pytest.raises(ValueError, match="Action dimension mismatch"):
+        env.step(np.zeros(4))
+    assert env.gym_env._elapsed_steps == before  # nothing stepped, nothing counted
+    env.close()
+
+
+def test_lean_step_only_where_it_is_written():
+    assert set(LEAN_ENV_IDS) == set(TASKS)
+    for env_id in TASKS:
+        env = make_env(env_id)
+        assert env.lean
+        env.close()
+    env = make_env("InvertedPendulum-v5")
+    assert not env.lean
+    env.close()
+    env = make_env("Hopper-v5", render_mode="rgb_array")
+    assert not env.lean
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_lean_step_at_fast_states(env_id):
+    """From states with joint speeds past the observation clip (Hopper, Walker2d: 10) and past
+    Hopper's healthy state range (100), set alike in both environments; the last slides forward
+    at 150 m/s, upright (Hopper: unhealthy by its state range alone)."""
+    old, new = make_env(env_id, lean=False), make_env(env_id)
+    rng = np.random.default_rng(2)
+    for k, speed in enumerate((5.0, 30.0, 150.0, "slide")):
+        old.reset(seed=k)
+        new.reset(seed=k)
+        task = old.gym_env.unwrapped
+        qpos = task.data.qpos.copy()
+        if speed == "slide":
+            qvel = np.zeros(task.model.nv)
+            qvel[0] = 150.0
+        else:
+            qvel = rng.uniform(-speed, speed, task.model.nv)
+        task.set_state(qpos, qvel)
+        new.gym_env.unwrapped.set_state(qpos, qvel)
+        for action in _actions(old, 5, rng):
+            out = old.step(action)
+            assert _same(out, new.step(action)), (env_id, speed)
+        if speed == "slide" and env_id == "Hopper-v5":
+            assert out[2]  # terminated
+    old.close()
+    new.close()
