@@ -429,11 +429,26 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _run_state(run: RunDir) -> str:
-    """'finished', 'resumable' or 'empty' against the run's own config."""
-    try:
-        return run.status() if run.is_run() else "empty"
-    except OdepolicyError:  # unreadable checkpoint (a kill mid-write cannot leave one: atomic)
+    """'finished', 'resumable' or 'empty' against the run's own config, or 'unreadable' when
+    its config or checkpoint cannot be read (a kill mid-write cannot leave one: writes are
+    atomic; a config written by a newer odepolicy can). An unreadable run is never started
+    again over its files: its unit fails and says why."""
+    if not run.is_run():
         return "empty"
+    try:
+        return run.status()
+    except OdepolicyError:
+        return "unreadable"
+
+
+def _check_readable(run: RunDir) -> None:
+    try:
+        run.status()
+    except OdepolicyError as exc:
+        raise OdepolicyError(
+            f"{run.path} cannot be read ({exc}); if a newer odepolicy wrote it, restart the "
+            "campaign with that version"
+        ) from exc
 
 
 # -- units ---------------------------------------------------------------------------------------
@@ -511,6 +526,8 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
             write = write_pick if task.tune else write_fixed_pick
             write(campaign, unit.task, unit.method)
     state = _run_state(run)
+    if state == "unreadable":
+        _check_readable(run)
     if state == "finished":  # it ended as the campaign was stopped: only bookkeeping is left
         return []
     if state == "resumable":  # the run folder's config.yaml holds its settings
@@ -633,7 +650,14 @@ class Runner:
 
     def execute(self, unit: Unit) -> None:
         c = self.campaign
-        cmd = unit_command(c, unit, self.backend)
+        try:
+            cmd = unit_command(c, unit, self.backend)
+        except OdepolicyError as exc:
+            with self.lock:
+                self.failed[unit.name] = str(exc)
+            c.log(f"failed {unit.name}: {exc}")
+            self.say(f"failed {unit.name}: {exc}")
+            return
         logs = c.runs / "_logs"
         logs.mkdir(parents=True, exist_ok=True)
         c.log(f"start {unit.name}")

@@ -259,6 +259,19 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
         (2, 0),
     ]
 
+    # A finished run this version cannot read (here: a key from a newer odepolicy) is never
+    # trained again over its files: its unit fails and says why; the other is left alone.
+    run = tmp_path / "results" / "fixed" / "linear" / "s7"
+    text = (run / "config.yaml").read_text() + "from_the_future: 1\n"
+    (run / "config.yaml").write_text(text)
+    before = {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())}
+    assert main(["campaign", "run", str(path), "--quiet"]) != 0
+    log = (tmp_path / "runs" / "campaign.log").read_text()
+    assert "failed evaluate/fixed/linear/s7" in log and "cannot be read" in log
+    assert "start evaluate/fixed/iso_odetoode/s7" not in log.split("cannot be read")[-1]
+    assert (run / "config.yaml").read_text() == text
+    assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
+
 
 def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path):
     """After the explore stage alone (`--stage explore`): the confirm and evaluate units are
