@@ -648,15 +648,18 @@ class Runner:
                 if lock is not None:
                     lock.release()
 
+    def _fail(self, unit: Unit, exc: OdepolicyError) -> None:
+        with self.lock:
+            self.failed[unit.name] = str(exc)
+        self.campaign.log(f"failed {unit.name}: {exc}")
+        self.say(f"failed {unit.name}: {exc}")
+
     def execute(self, unit: Unit) -> None:
         c = self.campaign
         try:
             cmd = unit_command(c, unit, self.backend)
         except OdepolicyError as exc:
-            with self.lock:
-                self.failed[unit.name] = str(exc)
-            c.log(f"failed {unit.name}: {exc}")
-            self.say(f"failed {unit.name}: {exc}")
+            self._fail(unit, exc)
             return
         logs = c.runs / "_logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -692,10 +695,7 @@ class Runner:
                 if pick(c, unit.task, unit.method) is not None:  # confirmed earlier
                     write_pick(c, unit.task, unit.method)
         except OdepolicyError as exc:
-            with self.lock:
-                self.failed[unit.name] = str(exc)
-            c.log(f"failed {unit.name}: {exc}")
-            self.say(f"failed {unit.name}: {exc}")
+            self._fail(unit, exc)
             return
         if unit.stage == "explore" and not unit_done(c, unit):
             return  # the study's last trials run in another process
