@@ -136,21 +136,32 @@ class _Sim:
         return self
 
 
+def _advance(s: _Sim, action) -> float:
+    """The task's `do_simulation` (the action checked, `frame_skip` MuJoCo steps, then
+    `mj_rnePostConstraint`) and the x velocity over it, `(after - before) / dt`."""
+    _check(action, s.nu)
+    qpos = s.qpos
+    x_position_before = qpos[0]
+    s.ctrl[:] = action
+    _mj_step(s.model, s.data, nstep=s.frame_skip)
+    _mj_rne_post_constraint(s.model, s.data)
+    return (qpos[0] - x_position_before) / s.dt
+
+
+def _count_step(limit) -> bool:
+    """TimeLimit's bookkeeping: one more step; truncated once the limit is reached."""
+    limit._elapsed_steps += 1
+    return limit._elapsed_steps >= limit._max_episode_steps
+
+
 def _hopper(task, limit) -> StepFn:
     sim = _Sim(task)
 
     def step(action):
         s = sim.current()
-        _check(action, s.nu)
-        qpos = s.qpos
-        x_position_before = qpos[0]
-        s.ctrl[:] = action
-        _mj_step(s.model, s.data, nstep=s.frame_skip)
-        _mj_rne_post_constraint(s.model, s.data)
-        x_position_after = qpos[0]
-        x_velocity = (x_position_after - x_position_before) / s.dt
+        x_velocity = _advance(s, action)
 
-        position, velocity = qpos.tolist(), s.qvel.tolist()
+        position, velocity = s.qpos.tolist(), s.qvel.tolist()
         # is_healthy, once: state_vector()[2:], z and angle, each in its range
         min_state, max_state = task._healthy_state_range
         min_z, max_z = task._healthy_z_range
@@ -174,8 +185,7 @@ def _hopper(task, limit) -> StepFn:
         reward = rewards - costs
         terminated = (not is_healthy) and task._terminate_when_unhealthy
 
-        limit._elapsed_steps += 1
-        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        truncated = _count_step(limit)
         return observation, float(reward), bool(terminated), truncated
 
     return step
@@ -186,16 +196,9 @@ def _walker2d(task, limit) -> StepFn:
 
     def step(action):
         s = sim.current()
-        _check(action, s.nu)
-        qpos = s.qpos
-        x_position_before = qpos[0]
-        s.ctrl[:] = action
-        _mj_step(s.model, s.data, nstep=s.frame_skip)
-        _mj_rne_post_constraint(s.model, s.data)
-        x_position_after = qpos[0]
-        x_velocity = (x_position_after - x_position_before) / s.dt
+        x_velocity = _advance(s, action)
 
-        position = qpos.tolist()
+        position = s.qpos.tolist()
         # is_healthy, once: z and angle only (no state range, unlike Hopper)
         z, angle = position[1], position[2]
         min_z, max_z = task._healthy_z_range
@@ -213,8 +216,7 @@ def _walker2d(task, limit) -> StepFn:
         reward = rewards - costs
         terminated = (not is_healthy) and task._terminate_when_unhealthy
 
-        limit._elapsed_steps += 1
-        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        truncated = _count_step(limit)
         return observation, float(reward), bool(terminated), truncated
 
     return step
@@ -225,15 +227,9 @@ def _half_cheetah(task, limit) -> StepFn:
 
     def step(action):
         s = sim.current()
-        _check(action, s.nu)
-        qpos = s.qpos
-        x_position_before = qpos[0]
-        s.ctrl[:] = action
-        _mj_step(s.model, s.data, nstep=s.frame_skip)
-        _mj_rne_post_constraint(s.model, s.data)
-        x_position_after = qpos[0]
-        x_velocity = (x_position_after - x_position_before) / s.dt
+        x_velocity = _advance(s, action)
 
+        qpos = s.qpos
         position = qpos[1:] if task._exclude_current_positions_from_observation else qpos
         observation = _concatenate((position, s.qvel))
 
@@ -241,8 +237,7 @@ def _half_cheetah(task, limit) -> StepFn:
         ctrl_cost = _cost(task, action)
         reward = forward_reward - ctrl_cost
 
-        limit._elapsed_steps += 1
-        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        truncated = _count_step(limit)
         return observation, float(reward), False, truncated
 
     return step
@@ -253,15 +248,10 @@ def _swimmer(task, limit) -> StepFn:
 
     def step(action):
         s = sim.current()
-        _check(action, s.nu)
-        qpos = s.qpos
-        x_position_before = qpos[0]  # Swimmer differences (x, y) and divides: per element,
-        s.ctrl[:] = action  # the same IEEE operations as on x alone
-        _mj_step(s.model, s.data, nstep=s.frame_skip)
-        _mj_rne_post_constraint(s.model, s.data)
-        x_position_after = qpos[0]
-        x_velocity = (x_position_after - x_position_before) / s.dt
+        # Swimmer differences (x, y) and divides: per element, the same IEEE operations as on x
+        x_velocity = _advance(s, action)
 
+        qpos = s.qpos
         position = qpos[2:] if task._exclude_current_positions_from_observation else qpos
         observation = _concatenate((position, s.qvel))
 
@@ -269,8 +259,7 @@ def _swimmer(task, limit) -> StepFn:
         ctrl_cost = _cost(task, action)
         reward = forward_reward - ctrl_cost
 
-        limit._elapsed_steps += 1
-        truncated = limit._elapsed_steps >= limit._max_episode_steps
+        truncated = _count_step(limit)
         return observation, float(reward), False, truncated
 
     return step
