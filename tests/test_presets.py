@@ -21,7 +21,9 @@ def test_preset_matches_its_place_and_states_its_procedure(path):
     config = load_config(path)
     assert config.env == path.parent.name and config.policy.name == path.stem
     assert config.policy.name in POLICIES
-    assert path.read_text().startswith("# Found by `odepolicy tune ")
+    assert path.read_text().startswith(
+        ("# Found by `odepolicy tune ", "# Found by `odepolicy campaign run ")
+    )
     assert config.seed == 0  # tuned on seed 0 only
     assert find_preset(config.env, config.policy.name).resolve() == path.resolve()
 
@@ -68,18 +70,43 @@ def test_target_return_ends_the_run_and_marks_it_finished(tmp_path):
     assert run.status(load_config(run.config_file, ["target_return=null"])) == "resumable"
 
 
-def test_presets_are_exactly_the_studies_that_reach_the_bar():
-    """Every shipped preset has its committed study, whose best trial reaches a third of the
-    task's reference return, and every committed study that reaches it has its preset. The
-    preset's header names the same best score as the study."""
+def _presets_tool():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("presets_tool", ROOT / "benchmarks/presets.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_presets_are_exactly_the_picks_and_studies_that_reach_the_bar(monkeypatch):
+    """A task whose comparison campaign has confirmed every method takes its presets from the
+    campaign: each policy's best pick is shipped, header and config exactly as the tool writes
+    them, when its median reaches a third of the task's reference return, and no preset is left
+    where it does not. Every other task keeps the tuning-study rule: every shipped preset has
+    its committed study, whose best trial reaches the bar, and every committed study that
+    reaches it has its preset, its header naming the same best score as the study."""
+    from odepolicy.campaign import load_campaign
+
+    tool = _presets_tool()
+    monkeypatch.chdir(ROOT)  # the campaign file's folders are relative to the repository
+    campaign = load_campaign("experiments/comparison.yaml")
+    rows = tool.campaign_rows(campaign)
+    refreshed = {row["task"] for row in rows}
+    assert "Swimmer-v5" in refreshed  # its confirm stage is committed
+    for row in rows:
+        preset = ROOT / "experiments" / "presets" / row["task"] / f"{row['policy']}.yaml"
+        assert preset.is_file() == row["ok"], row
+        if row["ok"]:
+            assert preset.read_text() == tool.campaign_preset_text(campaign, row)
+            assert load_config(preset) == load_config(
+                campaign.pick_file(row["task"], row["method"])
+            )
     studies = ROOT / "experiments" / "tune" / "studies"
     for db in sorted(studies.glob("*/*/study.sqlite3")):
         env, policy = db.parent.parent.name, db.parent.name
+        if env in refreshed:
+            continue
         s = tool.summarise(db)
         preset = ROOT / "experiments" / "presets" / env / f"{policy}.yaml"
         ok = tool.passes(env, s["best"])
@@ -89,7 +116,8 @@ def test_presets_are_exactly_the_studies_that_reach_the_bar():
             assert f"trial {s['best_trial']}, score {s['best']:.2f}" in header, (env, policy)
     shipped = {(p.parent.name, p.stem) for p in PRESETS}
     studied = {(d.parent.parent.name, d.parent.name) for d in studies.glob("*/*/study.sqlite3")}
-    assert shipped <= studied
+    picked = {(row["task"], row["policy"]) for row in rows}
+    assert shipped <= studied | picked
 
 
 @pytest.mark.parametrize(
