@@ -222,28 +222,9 @@ def _walker2d(task, limit) -> StepFn:
     return step
 
 
-def _half_cheetah(task, limit) -> StepFn:
-    sim = _Sim(task)
-
-    def step(action):
-        s = sim.current()
-        x_velocity = _advance(s, action)
-
-        qpos = s.qpos
-        position = qpos[1:] if task._exclude_current_positions_from_observation else qpos
-        observation = _concatenate((position, s.qvel))
-
-        forward_reward = task._forward_reward_weight * x_velocity
-        ctrl_cost = _cost(task, action)
-        reward = forward_reward - ctrl_cost
-
-        truncated = _count_step(limit)
-        return observation, float(reward), False, truncated
-
-    return step
-
-
-def _swimmer(task, limit) -> StepFn:
+def _never_unhealthy(task, limit, excluded: int) -> StepFn:
+    """HalfCheetah's and Swimmer's step: no health check, the observation leaves out the first
+    `excluded` positions (x; Swimmer x and y) when the task says so."""
     sim = _Sim(task)
 
     def step(action):
@@ -252,7 +233,7 @@ def _swimmer(task, limit) -> StepFn:
         x_velocity = _advance(s, action)
 
         qpos = s.qpos
-        position = qpos[2:] if task._exclude_current_positions_from_observation else qpos
+        position = qpos[excluded:] if task._exclude_current_positions_from_observation else qpos
         observation = _concatenate((position, s.qvel))
 
         forward_reward = task._forward_reward_weight * x_velocity
@@ -263,3 +244,11 @@ def _swimmer(task, limit) -> StepFn:
         return observation, float(reward), False, truncated
 
     return step
+
+
+def _half_cheetah(task, limit) -> StepFn:
+    return _never_unhealthy(task, limit, excluded=1)
+
+
+def _swimmer(task, limit) -> StepFn:
+    return _never_unhealthy(task, limit, excluded=2)
