@@ -373,9 +373,9 @@ def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
     assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
 
 
-def _row(task, method, rank, final):
+def _row(task, method, rank, final, threshold=""):
     return {"task": task, "method": method, "rank": rank, "final_return_mean": final,
-            "final_return_std": 1.0}  # fmt: skip
+            "final_return_std": 1.0, "threshold": threshold}  # fmt: skip
 
 
 def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every_run_is_done(
@@ -404,7 +404,7 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
     done = Counter({(env, m): 1 for m in campaign.methods})
     from odepolicy import campaign as module
 
-    claims = {env: ("best", "ODEtoODE is the best")}
+    claims = {env: ("best", "ODEtoODE is the best", ())}
     original = dict(module.PAPER_CLAIMS)
     module.PAPER_CLAIMS.update(claims)
     try:
@@ -412,12 +412,23 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
         assert text.startswith(f"**{env}** (final). The paper: ODEtoODE is the best.")
         assert "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it)" in text
         assert text.endswith("the claim does not hold here.")
-        module.PAPER_CLAIMS[env] = ("top2", "ODEtoODE is one of the two best")
+        module.PAPER_CLAIMS[env] = ("top2", "ODEtoODE is one of the two best", ())
         assert _claim_paragraph(env, rows, done, campaign).endswith("the claim holds here.")
         partial = Counter({(env, "iso_odetoode"): 1})
         text = _claim_paragraph(env, rows, partial, campaign)
         assert "(provisional: 1 of 3 methods have all 1 evaluation runs finished)" in text
         assert text.endswith("the claim holds here so far.")
+        # a method the paper says does not learn: under a third of ARS's threshold or not
+        module.PAPER_CLAIMS[env] = ("top2", "ODEtoODE is one of the two best", ("deepnet",))
+        for final, says in [
+            (99.9, "deepnet ends at 99.9, under a third of ARS's threshold (100): it does not "
+             "learn here either."),
+            (100.0, "deepnet ends at 100.0, past a third of ARS's threshold (100): it learns "
+             "here, which the paper says it does not."),
+        ]:  # fmt: skip
+            rows[2] = _row(env, "deepnet", 3, final, threshold=300.0)
+            text = _claim_paragraph(env, rows, done, campaign)
+            assert text.endswith("the claim holds here. " + says), text
     finally:
         module.PAPER_CLAIMS.clear()
         module.PAPER_CLAIMS.update(original)
