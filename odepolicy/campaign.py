@@ -583,9 +583,20 @@ class _Lock:
 class Runner:
     """Workers take the next ready unit, in the file's order, until none is left."""
 
-    def __init__(self, campaign: Campaign, parallel: int, backend: list[str], stages, quiet):
+    def __init__(
+        self,
+        campaign: Campaign,
+        parallel: int,
+        backend: list[str],
+        stages,
+        quiet,
+        tasks=None,
+        methods=None,
+    ):
         self.campaign, self.parallel, self.backend = campaign, parallel, backend
         self.stages, self.quiet = tuple(stages), quiet
+        self.tasks = tuple(tasks or campaign.tasks)  # only these (default: all, file order)
+        self.methods = tuple(methods or campaign.methods)
         self.lock = threading.Lock()
         self.busy: Counter[str] = Counter()  # units this process is running
         self.failed: dict[str, str] = {}
@@ -604,7 +615,15 @@ class Runner:
         waiting = False
         # Task by task, and within a task method by method: a method's evaluation runs start
         # once its pick is known, so finished comparisons land early on a small machine.
-        order = [(t, m, s) for t in c.tasks for m in c.methods for s in STAGES if s in self.stages]
+        order = [
+            (t, m, s)
+            for t in c.tasks
+            if t in self.tasks
+            for m in c.methods
+            if m in self.methods
+            for s in STAGES
+            if s in self.stages
+        ]
         for task, method, stage in order:
             for unit in stage_units(c, task, method, stage) or []:
                 if unit.name in self.failed or unit_done(c, unit):
@@ -1068,10 +1087,20 @@ def campaign_command(args) -> int:
     if parallel < 1:
         raise OdepolicyError("--parallel must be at least 1")
     stages = args.stage or list(STAGES)
+    for given, known, what in (
+        (args.task, campaign.tasks, "task"),
+        (args.method, campaign.methods, "method"),
+    ):
+        unknown = [name for name in given or [] if name not in known]
+        if unknown:
+            raise OdepolicyError(
+                f"{campaign.path} has no {what} {unknown[0]!r}; it has {', '.join(known)}"
+            )
+    tasks, methods = args.task or list(campaign.tasks), args.method or list(campaign.methods)
     backend = _backend_sets(args.address, parallel)
-    runner = Runner(campaign, parallel, backend, stages, args.quiet)
+    runner = Runner(campaign, parallel, backend, stages, args.quiet, tasks, methods)
     runner.say(
-        f"{campaign.path}: {len(campaign.tasks)} tasks x {len(campaign.methods)} methods, "
+        f"{campaign.path}: {len(tasks)} tasks x {len(methods)} methods, "
         f"stages {', '.join(stages)}, {parallel} at a time"
     )
     runner.run()

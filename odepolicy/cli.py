@@ -332,6 +332,16 @@ def _add_campaign(sub) -> None:
         choices=["explore", "confirm", "evaluate"],
         help="run only this stage's units (repeatable; default: all three)",
     )
+    p.add_argument(
+        "--task",
+        action="append",
+        help="run only this task's units, as the file names it (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        help="run only this method's units, as the file names it (repeatable; default: all)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-unit lines")
 
 

@@ -273,6 +273,30 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
     assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
 
 
+def test_run_can_be_narrowed_to_named_tasks_and_methods(tmp_path, capsys):
+    """`--task` / `--method` run only those units; a name the file lacks is one line, exit 2,
+    and nothing is run."""
+    tasks = {
+        "fixed": {"base": str(tmp_path / "base.yaml"), "budget": 300, "tune": False, "seeds": [7]},
+        "other": {"base": str(tmp_path / "base.yaml"), "budget": 300, "tune": False, "seeds": [7]},
+    }  # fmt: skip
+    path = _campaign(tmp_path, tasks=tasks)
+    assert main(["campaign", "run", str(path), "--method", "lin", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("has no method 'lin'; it has iso_odetoode, linear") and "\n" not in err
+    assert main(["campaign", "run", str(path), "--task", "nope", "--quiet"]) == 2
+    assert "has no task 'nope'; it has fixed, other" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+    argv = ["campaign", "run", str(path), "--task", "other", "--method", "linear", "--quiet"]
+    assert main(argv) == 0
+    runs = sorted(p.relative_to(tmp_path / "results").as_posix()
+                  for p in (tmp_path / "results").glob("*/*/s7"))  # fmt: skip
+    assert runs == ["other/linear/s7"]
+    assert main(["campaign", "run", str(path), "--quiet"]) == 0  # the rest, nothing twice
+    assert _log(tmp_path).count("start evaluate/other/linear/s7") == 1
+    assert len(list((tmp_path / "results").glob("*/*/s7"))) == 4
+
+
 def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path):
     """After the explore stage alone (`--stage explore`): the confirm and evaluate units are
     not known yet, so status counts the protocol's units (2 methods x 2 trials x 1 seed; 2 x 1
