@@ -853,6 +853,36 @@ def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
     return float(counters.get("wall_seconds", 0.0)), int(counters.get("env_steps", 0)), budget
 
 
+def started_units(campaign: Campaign) -> list[str]:
+    """One line per unit that has started but not finished (running now, or stopped and to be
+    continued by the next `run`): a study's finished trials, a run's env steps."""
+    c = campaign
+    lines = []
+    for task in c.tasks:
+        for method in c.methods:
+            for stage in STAGES:
+                for unit in stage_units(c, task, method, stage) or []:
+                    if unit_done(c, unit):
+                        continue
+                    if unit.stage == "explore":
+                        study = _study(c, task, method)
+                        s = _states(study) if study is not None else {}
+                        finished = s.get("COMPLETE", 0) + s.get("PRUNED", 0)
+                        if finished or s.get("RUNNING", 0):
+                            lines.append(
+                                f"{unit.name}: {finished} of {c.spec.explore.trials} trials "
+                                "finished"
+                            )
+                        continue
+                    _, steps, budget = _unit_cost(c, unit)
+                    if steps:
+                        lines.append(
+                            f"{unit.name}: {steps:,} of {budget:,} env steps "
+                            f"({100 * steps / budget:.0f}%)"
+                        )
+    return lines
+
+
 def _hours(seconds: float) -> str:
     return "?" if math.isnan(seconds) else f"{seconds / 3600:.2f}"
 
@@ -873,6 +903,11 @@ def print_status(campaign: Campaign) -> list[dict]:
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for t in table:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    started = started_units(campaign)
+    if started:
+        print("started, not finished (running now, or continued by the next `run`):")
+        for line in started:
+            print(f"  {line}")
     print(
         "units: explore = one study per (task, method); confirm = one run per (top trial, seed); "
         "evaluate = one run per seed. core-hours: one core per local process; the estimate "

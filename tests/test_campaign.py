@@ -1,6 +1,7 @@
 """`odepolicy campaign`: a real (tiny) campaign of real training runs, killed and resumed."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from odepolicy.campaign import load_campaign, status_rows
+from odepolicy.campaign import load_campaign, started_units, status_rows
 from odepolicy.checkpoint import read_checkpoint
 from odepolicy.cli import main
 
@@ -124,6 +125,10 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     studies = killed / "studies" / "pendulum"
     _kill_when(_start(path), lambda: any(studies.glob("*/confirm/*/checkpoints/latest.npz")))
     assert not any(ln.startswith("done confirm") for ln in _log(killed))
+    # Status names the started units: the killed confirm run with its env steps so far.
+    started = started_units(load_campaign(path))
+    pattern = r"confirm/pendulum/\w+/trial_\d{4}_s1: ([\d,]+) of 1,500 env steps \(\d+%\)"
+    assert any(re.fullmatch(pattern, line) for line in started), started
     proc = _start(path)
     log = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, log
@@ -144,6 +149,7 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
         ("evaluate", 2, 0),
     ]
     assert all(r["spent_s"] > 0 and r["left_s"] == 0 for r in rows)
+    assert started_units(campaign) == []
     # The evaluation run is an ordinary run folder with the pick's settings and its own seed.
     run = killed / "results" / "pendulum" / "iso_odetoode" / "s100"
     config = yaml.safe_load((run / "config.yaml").read_text())
