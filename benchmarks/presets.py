@@ -34,15 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from odepolicy.campaign import NO_LEARNING
+from odepolicy.plotting import ARS_THRESHOLDS
+
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = {
-    "InvertedPendulum-v5": 1000.0,
-    "Swimmer-v5": 325.0,
-    "Hopper-v5": 3120.0,
-    "HalfCheetah-v5": 3430.0,
-    "Walker2d-v5": 4390.0,
-}
-FRACTION = 1 / 3
+# ARS's thresholds on the locomotion tasks; InvertedPendulum's maximum return.
+REFERENCE = {"InvertedPendulum-v5": 1000.0, **ARS_THRESHOLDS}
+FRACTION = NO_LEARNING  # the same bar the comparison's report calls "does not learn"
 
 
 def passes(env: str, best: float | None) -> bool:
@@ -88,7 +86,7 @@ def campaign_rows(campaign) -> list[dict]:
             by_policy.setdefault(campaign.methods[m].policy, []).append(m)
         for policy, methods in by_policy.items():
             best = min(methods, key=lambda m: (-picks[m][1], order.index(m)))
-            trial, median, scores = picks[best]
+            trial, median, _ = picks[best]
             evaluated = _evaluated(campaign, task, best)
             rows.append(
                 {
@@ -97,7 +95,6 @@ def campaign_rows(campaign) -> list[dict]:
                     "method": best,
                     "trial": trial,
                     "median": median,
-                    "scores": scores[trial],
                     "others": {m: picks[m][1] for m in methods if m != best},
                     "evaluated": evaluated,
                     "bar": FRACTION * REFERENCE[task] if task in REFERENCE else None,
@@ -121,23 +118,20 @@ def _evaluated(campaign, task: str, method: str) -> float | None:
 
 
 def campaign_preset_text(campaign, row: dict) -> str:
-    """The preset of one passing row: a header stating the campaign's protocol and the scores
-    behind the pick, then the pick's config exactly as the campaign's evaluation runs use it."""
-    spec, task, method = campaign.spec, row["task"], row["method"]
+    """The preset of one passing row: the pick's own file (its header states the protocol and
+    every confirmed score; its config is what the evaluation runs used) under a first line
+    naming the campaign and the method, with the bar and the evaluation added to the header."""
+    task, method = row["task"], row["method"]
     label = campaign.methods[method].label
-    seeds = ", ".join(f"s{seed} {v:.2f}" for seed, v in sorted(row["scores"].items()))
-    lines = [
+    pick_lines = campaign.pick_file(task, method).read_text().splitlines(keepends=True)
+    header = [line for line in pick_lines if line.startswith("#")][1:]  # less "picked by"
+    body = [line for line in pick_lines if not line.startswith("#")]
+    first = (
         f"Found by `odepolicy campaign run {campaign.path}`: task {task}, method {method}"
         + (f" ({label})" if label and label != method else "")
-        + ".",
-        f"Explore: {spec.explore.trials} Optuna TPE trials of {spec.explore.budget:,} env steps "
-        "on seed 0 (median pruning, the family's default space).",
-        f"Confirm: the best {spec.confirm.top} trials again on seeds "
-        f"{', '.join(map(str, spec.confirm.seeds))}; each run scored by the mean of its last 3 "
-        "evaluations; the pick is the trial with the best median over the seeds.",
-        f"Pick: trial {row['trial']}, median {row['median']:.2f} ({seeds}); the bar is "
-        f"{row['bar']:.2f}, a third of ARS's {REFERENCE[task]:g}.",
-    ]
+        + "."
+    )
+    lines = [f"Bar: {row['bar']:.2f}, a third of ARS's {REFERENCE[task]:g}."]
     if row["others"]:
         others = ", ".join(f"{m} {v:.2f}" for m, v in row["others"].items())
         lines.append(f"Best pick median of the policy's other methods: {others}.")
@@ -150,9 +144,7 @@ def campaign_preset_text(campaign, row: dict) -> str:
             f"Evaluated at this budget on seeds {seeds}: mean final return "
             f"{row['evaluated']:.2f}; {where}."
         )
-    body = campaign.pick_file(task, method).read_text().splitlines(keepends=True)
-    body = [line for line in body if not line.startswith("#")]
-    return "".join(f"# {line}\n" for line in lines) + "".join(body)
+    return f"# {first}\n" + "".join(header) + "".join(f"# {ln}\n" for ln in lines) + "".join(body)
 
 
 def campaign_main(path: str, ship: bool) -> int:
