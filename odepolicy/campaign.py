@@ -781,6 +781,7 @@ def status_rows(campaign: Campaign) -> list[dict]:
         for stage in STAGES:
             row = {"task": task, "stage": stage, "done": 0, "left": 0, "spent_s": 0.0}
             row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
+            row["started"] = []  # started, unfinished units, one line each
             for method in c.methods:
                 units = stage_units(c, task, method, stage)
                 if stage == "explore" and c.tasks[task].tune:
@@ -793,6 +794,13 @@ def status_rows(campaign: Campaign) -> list[dict]:
                     row["done" if done else "left"] += 1
                     finished = len(pairs)
                     row["left_trials"] += max(0, c.spec.explore.trials - finished)
+                    if not done and study is not None:
+                        s = _states(study)
+                        if s.get("COMPLETE", 0) + s.get("PRUNED", 0) or s.get("RUNNING", 0):
+                            name = Unit("explore", task, method).name
+                            row["started"].append(
+                                f"{name}: {finished} of {c.spec.explore.trials} trials finished"
+                            )
                     continue
                 if units is None:  # not known yet: the stage's usual count
                     n = c.spec.confirm.top * len(c.spec.confirm.seeds)
@@ -811,6 +819,11 @@ def status_rows(campaign: Campaign) -> list[dict]:
                     else:
                         row["left"] += 1
                         row["left_steps"] += max(0, budget - steps)
+                        if steps:
+                            row["started"].append(
+                                f"{unit.name}: {steps:,} of {budget:,} env steps "
+                                f"({100 * steps / budget:.0f}%)"
+                            )
             rows.append(row)
 
     def rate(pairs) -> float:
@@ -856,31 +869,7 @@ def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
 def started_units(campaign: Campaign) -> list[str]:
     """One line per unit that has started but not finished (running now, or stopped and to be
     continued by the next `run`): a study's finished trials, a run's env steps."""
-    c = campaign
-    lines = []
-    for task in c.tasks:
-        for method in c.methods:
-            for stage in STAGES:
-                for unit in stage_units(c, task, method, stage) or []:
-                    if unit_done(c, unit):
-                        continue
-                    if unit.stage == "explore":
-                        study = _study(c, task, method)
-                        s = _states(study) if study is not None else {}
-                        finished = s.get("COMPLETE", 0) + s.get("PRUNED", 0)
-                        if finished or s.get("RUNNING", 0):
-                            lines.append(
-                                f"{unit.name}: {finished} of {c.spec.explore.trials} trials "
-                                "finished"
-                            )
-                        continue
-                    _, steps, budget = _unit_cost(c, unit)
-                    if steps:
-                        lines.append(
-                            f"{unit.name}: {steps:,} of {budget:,} env steps "
-                            f"({100 * steps / budget:.0f}%)"
-                        )
-    return lines
+    return [line for row in status_rows(campaign) for line in row["started"]]
 
 
 def _hours(seconds: float) -> str:
@@ -903,7 +892,7 @@ def print_status(campaign: Campaign) -> list[dict]:
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for t in table:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
-    started = started_units(campaign)
+    started = [line for r in rows for line in r["started"]]
     if started:
         print("started, not finished (running now, or continued by the next `run`):")
         for line in started:

@@ -371,8 +371,19 @@ def _add_export(sub) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the rule of every other user error: a bad option or a missing argument is
+    one line, `odepolicy: error: ...`, exit status 2 (argparse's own prints the usage block
+    first and names the subcommand in its prefix). Subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("odepolicy").strip()  # "" for the top level
+        where = f"{command}: " if command else ""
+        raise OdepolicyError(f"{where}{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="odepolicy",
         description="Train ODEtoODE and baseline policies with Riemannian evolution strategies.",
     )
@@ -548,11 +559,17 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args) or 0
     except OdepolicyError as exc:
         print(f"odepolicy: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user named cannot be made, written or read
+        from .rundir import _os_cause
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"odepolicy: error: {where}{_os_cause(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("odepolicy: interrupted", file=sys.stderr)

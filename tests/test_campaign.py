@@ -399,7 +399,8 @@ def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
         s = env_spec(config.env)
         kwargs = config.policy.kwargs
         sizes[method] = count_params(config.policy.name, s.obs_dim, s.act_dim, **kwargs)
-    assert sizes["iso_odetoode"] == 35712  # h = 64
+    h, s = 64, env_spec(task)  # Stiefel in (h x obs) and out (act x h), bias, W0, Q and N
+    assert sizes["iso_odetoode"] == h * s.obs_dim + s.act_dim * h + h + 3 * h * h == 35712
     assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
 
 

@@ -132,6 +132,29 @@ def test_bad_input_is_one_line_exit_2_and_leaves_runs_untouched(tmp_path, capsys
     assert _tree_digest(tmp_path) == before
 
 
+def test_unwritable_output_paths_and_bad_options_are_one_line_exit_2(tmp_path, capsys):
+    """An output path under a regular file cannot be created: every command that writes one
+    says so on one line (no traceback) and leaves the file as it was. Bad options and missing
+    arguments follow the same rule instead of argparse's usage block."""
+    run = _train(tmp_path, "keep")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine\n")
+    capsys.readouterr()
+    _expect_error(capsys, ["plot", str(tmp_path), "--out", str(blocker / "fig.png")], "a_file")
+    _expect_error(
+        capsys,
+        ["tune", PENDULUM, "--trials", "1", "--budget", "100", "--out", str(blocker / "t")],
+        "a_file",
+    )
+    video = ["evaluate", str(run), "--episodes", "1", "--video", str(blocker / "v.mp4")]
+    _expect_error(capsys, [*video, "--quiet"], "a_file")
+    assert blocker.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "keep"]
+    _expect_error(capsys, ["evaluate", str(run), "--episodes", "abc"], "invalid int value: 'abc'")
+    _expect_error(capsys, ["tune", PENDULUM], "--trials")
+    _expect_error(capsys, ["no-such-command"], "invalid choice")
+
+
 def test_console_script_help_lists_every_command():
     exe = Path(sys.executable).with_name("odepolicy")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout

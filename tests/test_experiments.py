@@ -36,7 +36,7 @@ def test_config_runs_one_tiny_iteration(path, tmp_path):
     config = load_config(path, TINY)
     summary = train(config, tmp_path, "run", show_progress=False)
     assert summary["iteration"] == 1
-    assert summary["env_steps"] >= 2  # both antithetic rollouts stepped
+    assert 2 <= summary["env_steps"] <= 6  # both antithetic rollouts stepped, horizon 3
     assert np.isfinite(summary["eval_return_mean"])
 
 

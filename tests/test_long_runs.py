@@ -104,9 +104,10 @@ def test_keep_checkpoints_keeps_newest_k_and_best_holds_the_best_centre(tmp_path
     }  # fmt: skip
     evals = _evals(run)
     best = max(evals)
-    assert evals.index(best) + 1 == 3  # the best centre is not the latest one
+    k = evals.index(best) + 1  # the first iteration to evaluate best (3 with these settings)
+    assert k < len(evals)  # the scenario needs a best centre that is not the latest one
     arrays, meta = read_checkpoint(run / "checkpoints" / "best.npz")
-    assert meta["iteration"] == 3 and meta["counters"]["best_eval"] == best
+    assert meta["iteration"] == k and meta["counters"]["best_eval"] == best
     capsys.readouterr()
     assert main(["evaluate", str(run), "--checkpoint", "best", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["mean"] == best  # bit for bit, as logged

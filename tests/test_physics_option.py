@@ -36,7 +36,8 @@ def test_unsupported_env_with_warp_is_a_one_line_error(tmp_path, capsys):
          "--out", str(tmp_path), "--quiet"]
     )  # fmt: skip
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    note, err = capsys.readouterr().err.strip().splitlines()  # the note, then one error line
+    assert note.startswith("odepolicy: no preset for Ant-v5")
     assert err.startswith("odepolicy: error: physics: warp has no task 'Ant-v5'")
     assert not any(tmp_path.iterdir())  # nothing written
 

@@ -38,10 +38,10 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
     assert main([*args, "--trials", "3"]) == 0
     db = out / "study.sqlite3"
     assert len(_trials(db)) == 3
-    for n in range(3):
+    for n in range(3):  # every finished or pruned trial is an ordinary run folder
         run = RunDir(out / f"trial_{n:04d}")
-        if run.is_run():  # every finished or pruned trial is an ordinary run folder
-            assert run.read_config().max_env_steps == 600
+        assert run.is_run(), run.path
+        assert run.read_config().max_env_steps == 600
     best = out / "best.yaml"
     text = best.read_text()
     assert text.startswith("# Found by `odepolicy tune")
