@@ -277,7 +277,11 @@ def _study(campaign: Campaign, task: str, method: str):
     cached = campaign.cache.get(db)
     if cached is None or cached[0] != key:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        # Read only: `odepolicy tune`, which writes the study, checks its schema; checking it
+        # again at every look (alembic loads its revision files) was a third of `status`.
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{db}", skip_compatibility_check=True, skip_table_creation=True
+        )
         study = optuna.load_study(study_name="odepolicy", storage=storage)
         cached = campaign.cache[db] = (key, study, study.get_trials(deepcopy=False))
     return _Snapshot(cached[1], cached[2])
