@@ -74,6 +74,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     path = Path(path)
     if not path.is_file():
         raise OdepolicyError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # np.load would take a short or foreign file for a pickle
+        raise OdepolicyError(f"checkpoint {path} is damaged or truncated (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

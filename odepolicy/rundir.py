@@ -85,11 +85,12 @@ def _library_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"odepolicy": __version__, "python": platform.python_version()}
-    for dist in ("torch", "gymnasium", "mujoco", "dm-control", "shimmy", "ray", "numpy"):
+    # Keyed by the name one imports (dm_control), looked up by the distribution's (dm-control).
+    for name in ("torch", "gymnasium", "mujoco", "dm_control", "shimmy", "ray", "numpy"):
         try:
-            out[dist] = metadata.version(dist)
+            out[name] = metadata.version(name.replace("_", "-"))
         except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
+            out[name] = "not installed"
     return out
 
 
@@ -339,7 +340,11 @@ class RunDir:
             raise OdepolicyError(f"{self.config_file}: seed must be an integer, got {seed!r}")
         return env, name, seed
 
-    def write_meta(self, config: Config, extra: dict | None = None) -> None:
+    def write_meta(
+        self, config: Config, extra: dict | None = None, resumed_from: int | None = None
+    ) -> None:
+        """Write meta.json. A resume (`resumed_from`: the iteration it continues from) keeps the
+        first start's command, host and time and appends its own to `resumes`."""
         meta = {
             "versions": library_versions(),
             "command": sys.argv,
@@ -351,6 +356,12 @@ class RunDir:
             "policy": config.policy.name,
             "seed": config.seed,
         }
+        if resumed_from is not None:
+            first = self.read_meta()
+            this = {k: meta[k] for k in ("command", "host", "started")}
+            meta.update({k: first[k] for k in this if k in first})
+            meta["resumes"] = [*first.get("resumes", []), {"iteration": resumed_from, **this}]
+            meta["resumed_from_iteration"] = resumed_from
         meta.update(extra or {})
         self._write_json(meta)
 

@@ -240,8 +240,19 @@ def resume(
     arrays, meta = run.read_latest()
     config = run.read_config(overrides)
     trainer = Trainer(config, run, _loggers(config, run, show_progress, loggers))
-    if meta["env"]["obs_dim"] != trainer.env_spec.obs_dim:
-        raise OdepolicyError(f"checkpoint in {run.path} does not match env {config.env}")
+    made, spec = meta["env"], trainer.env_spec
+    made_on = (made.get("env_id", spec.env_id), made["obs_dim"], made.get("act_dim", spec.act_dim))
+    if made_on != (spec.env_id, spec.obs_dim, spec.act_dim):
+        raise OdepolicyError(
+            f"checkpoint in {run.path} was made on {made_on[0]} ({made_on[1]} observations, "
+            f"{made_on[2]} actions), not {spec.env_id} ({spec.obs_dim}, {spec.act_dim}): a run "
+            "keeps its env on resume; train a new run for another env"
+        )
+    if meta.get("policy", {}).get("name", config.policy.name) != config.policy.name:
+        raise OdepolicyError(
+            f"checkpoint in {run.path} holds a {meta['policy']['name']} policy, not "
+            f"{config.policy.name}: a run keeps its policy on resume"
+        )
     trainer.state.restore(arrays, meta)
     # best.npz may be ahead of latest (it is saved at any evaluation): never overwrite it with
     # a centre that evaluates worse.
@@ -251,5 +262,5 @@ def resume(
     run.progress.truncate(trainer.counters.iteration)
     if overrides:
         run.write_config(config)
-    run.write_meta(config, {"resumed_from_iteration": trainer.counters.iteration})
+    run.write_meta(config, resumed_from=trainer.counters.iteration)
     return trainer.train()

@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,10 @@ def test_run_folder_layout_and_determinism(tmp_path):
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     full = _train(tmp_path, "full", "--set", "iterations=4")
     part = _train(tmp_path, "part", "--set", "iterations=2")
-    assert main(["train", "--resume", str(part), "--set", "iterations=4", "--quiet"]) == 0
+    # Through the console script, so meta.json sees a command line of its own.
+    exe = Path(sys.executable).with_name("odepolicy")
+    resume = [str(exe), "train", "--resume", str(part), "--set", "iterations=4", "--quiet"]
+    subprocess.run(resume, check=True, timeout=300)
     assert np.array_equal(_center(full), _center(part))
     rf, rp = _rows(full), _rows(part)
     assert [r["iteration"] for r in rp] == ["1", "2", "3", "4"]
@@ -78,6 +82,34 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     ap, _ = read_checkpoint(part / "checkpoints" / "latest.npz")
     for key in af:
         assert np.array_equal(af[key], ap[key]), key
+    # meta.json keeps how the run was first started and adds each resume.
+    first, meta = _meta(full), _meta(part)
+    assert meta["command"] == first["command"] and "--resume" not in meta["command"]
+    assert meta["started"] <= meta["resumes"][0]["started"]
+    assert meta["resumes"][0]["command"][1:] == resume[1:]
+    assert [r["iteration"] for r in meta["resumes"]] == [2] == [meta["resumed_from_iteration"]]
+    assert meta["versions"]["dm_control"] == first["versions"]["dm_control"] != "not installed"
+
+
+def _meta(run: Path) -> dict:
+    return json.loads((run / "meta.json").read_text())
+
+
+def test_resume_refuses_another_env_or_policy_of_the_same_sizes(tmp_path, capsys):
+    """HalfCheetah-v5 and Walker2d-v5 both have 17 observations and 6 actions: the sizes alone
+    cannot tell them apart, the checkpoint's env id can."""
+    run = _train(tmp_path, "hc", "--set", "env=HalfCheetah-v5", "--set", "horizon=5")
+    before = _tree_digest(tmp_path)
+    capsys.readouterr()
+    _expect_error(
+        capsys, ["train", "--resume", str(run), "--set", "env=Walker2d-v5", "--quiet"],
+        "made on HalfCheetah-v5",
+    )  # fmt: skip
+    _expect_error(
+        capsys, ["train", "--resume", str(run), "--set", "policy.name=gated_odetoode", "--quiet"],
+        "holds a iso_odetoode policy",
+    )  # fmt: skip
+    assert _tree_digest(tmp_path) == before
 
 
 def test_evaluate_reproduces_the_trainers_evaluation(tmp_path, capsys):

@@ -240,3 +240,8 @@ def test_object_array_checkpoint_is_refused_and_left_untouched(tmp_path, capsys)
     assert main(["evaluate", str(cut)]) == 2
     err = capsys.readouterr().err
     assert "damaged or truncated" in err and "pickled" not in err
+    for junk in (b"abc", b"not a checkpoint at all\n" * 20):  # too short, or not an archive
+        cut.write_bytes(junk)
+        assert main(["evaluate", str(cut)]) == 2
+        err = capsys.readouterr().err
+        assert "damaged or truncated (not an .npz archive)" in err and "pickled" not in err
