@@ -401,12 +401,18 @@ class RunDir:
         return latest
 
     def save_state(
-        self, state, config: Config, env_spec, best: bool = False, latest: bool = True
+        self,
+        state,
+        config: Config,
+        env_spec,
+        best: bool = False,
+        latest: bool = True,
+        policy_kwargs: dict | None = None,
     ) -> None:
         """Checkpoint a `state.TrainState`: `best.npz` when `best` (first, so that `latest`
         never records a best evaluation that best.npz lacks), then `latest.npz` when `latest`
         (periodic every `config.checkpoint_every`, `config.keep_checkpoints` of them kept)."""
-        arrays, meta = state.to_checkpoint(config, env_spec, library_versions())
+        arrays, meta = state.to_checkpoint(config, env_spec, library_versions(), policy_kwargs)
         if best:
             self._save(self.best, arrays, meta)
         if latest:

@@ -87,8 +87,12 @@ class TrainState:
     normalizer: ObsNormalizer
     counters: Counters = field(default_factory=Counters)
 
-    def to_checkpoint(self, config, env_spec, versions: dict) -> tuple[dict, dict]:
-        """(arrays, metadata) for `checkpoint.save_checkpoint`."""
+    def to_checkpoint(
+        self, config, env_spec, versions: dict, policy_kwargs: dict | None = None
+    ) -> tuple[dict, dict]:
+        """(arrays, metadata) for `checkpoint.save_checkpoint`. `policy_kwargs`: the policy's
+        options with its defaults filled in (`Policy.kwargs`), so that the checkpoint rebuilds
+        the same policy even if a later version changes a default (else the config's own)."""
         arrays = _with_prefix(_ES, self.es.state_dict())
         arrays.update(_with_prefix(_NORM, self.normalizer.state()))
         meta = {
@@ -96,7 +100,10 @@ class TrainState:
             "counters": vars(self.counters).copy(),
             "config": config.to_dict(),
             "env": env_meta(env_spec),
-            "policy": {"name": config.policy.name, "kwargs": config.policy.kwargs},
+            "policy": {
+                "name": config.policy.name,
+                "kwargs": dict(config.policy.kwargs if policy_kwargs is None else policy_kwargs),
+            },
             "eval_seed": eval_seed_base(config),
             "versions": versions,
         }

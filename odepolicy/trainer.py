@@ -62,7 +62,8 @@ class Trainer:
 
     def save(self, best: bool = False, latest: bool = True) -> None:
         if self.run is not None and (best or latest):
-            self.run.save_state(self.state, self.config, self.env_spec, best, latest)
+            kwargs = self.policy.kwargs
+            self.run.save_state(self.state, self.config, self.env_spec, best, latest, kwargs)
 
     def open_backend(self) -> Backend:
         cfg = self.config

@@ -95,6 +95,26 @@ def _meta(run: Path) -> dict:
     return json.loads((run / "meta.json").read_text())
 
 
+def test_a_checkpoint_rebuilds_its_policy_after_a_default_changes(tmp_path, monkeypatch):
+    """The checkpoint records every policy option with its default filled in (the config does
+    not name output_scale): a later version with another default evaluates the same policy."""
+    from odepolicy.checkpoint import load_policy
+    from odepolicy.evaluate import evaluate_checkpoint
+    from odepolicy.policies import POLICIES, make_policy
+
+    run = _train(tmp_path, "kw")
+    _, meta = read_checkpoint(run / "checkpoints" / "latest.npz")
+    user = meta["config"]["policy"]["kwargs"]
+    assert "output_scale" not in user
+    assert meta["policy"]["kwargs"] == make_policy("iso_odetoode", 4, 1, **user).kwargs
+    logged = float(_rows(run)[-1]["eval_return_mean"])
+    cls = POLICIES["iso_odetoode"]
+    monkeypatch.setattr(cls, "defaults", {**cls.defaults, "output_scale": 0.1})
+    assert make_policy("iso_odetoode", 4, 1, **user).output_scale == 0.1  # the config alone
+    assert load_policy(run)[0].output_scale == 1.0  # the checkpoint
+    assert evaluate_checkpoint(run)["mean"] == logged
+
+
 def test_resume_refuses_another_env_or_policy_of_the_same_sizes(tmp_path, capsys):
     """HalfCheetah-v5 and Walker2d-v5 both have 17 observations and 6 actions: the sizes alone
     cannot tell them apart, the checkpoint's env id can."""
