@@ -34,6 +34,7 @@ import platform
 import re
 import shutil
 import socket
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,7 +92,33 @@ def _library_versions() -> dict[str, str]:
             out[name] = metadata.version(name.replace("_", "-"))
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    commit = _source_commit()
+    if commit:
+        out["odepolicy_commit"] = commit
     return out
+
+
+def _source_commit() -> str | None:
+    """The git commit odepolicy runs from, `+changes` when its package folder differs from it
+    (a source checkout; None for an installed wheel or without git)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20
+        )
+        if done.returncode:
+            raise OSError(done.stderr.strip())
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "odepolicy")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changed else "")
 
 
 def run_name(config: Config) -> str:
