@@ -46,11 +46,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check odepolicy tests benchmarks
 	$(VENV)/bin/ruff format --check odepolicy tests benchmarks
 
+# Each evaluation is also kept beside its run (evaluation.txt), so the numbers it prints can be
+# read again later.
+DEMO_RUNS := presets-HalfCheetah-v5-linear_s0 presets-HalfCheetah-v5-iso_odetoode_s0
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/odepolicy sweep experiments/demo.yaml
-	$(VENV)/bin/odepolicy evaluate runs/demo/presets-HalfCheetah-v5-linear_s0 --episodes 5 --quiet
-	$(VENV)/bin/odepolicy evaluate runs/demo/presets-HalfCheetah-v5-iso_odetoode_s0 --episodes 5 --quiet
+	@set -e; for run in $(DEMO_RUNS); do \
+		$(VENV)/bin/odepolicy evaluate runs/demo/$$run --episodes 5 --quiet \
+			> runs/demo/$$run/evaluation.txt; \
+		cat runs/demo/$$run/evaluation.txt; \
+	done
 	$(VENV)/bin/odepolicy plot runs/demo --out runs/demo/reward_curve.png
 	@echo "reward curve written to runs/demo/reward_curve.png"
 

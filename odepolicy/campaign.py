@@ -939,7 +939,10 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
     table = summary_table(runs)
     _, md_path = write_table(table, stem)
     finished = Counter((r.task, r.method) for r in runs if _run_state(RunDir(r.path)) == "finished")
-    text = reading(campaign, table, finished, status_rows(campaign))
+    under_way = [r.path for r in runs if _run_state(RunDir(r.path)) != "finished"]
+    text = reading(campaign, table, finished, status_rows(campaign), [r.path for r in runs])
+    if under_way:
+        text += _under_way(campaign, under_way)
     _write_atomic(stem.with_suffix(".md"), text)
     return png, md_path
 
@@ -1025,7 +1028,42 @@ def _claim_paragraph(task: str, rows: list[dict], finished: Counter, campaign: C
     return " ".join(lines)
 
 
-def reading(campaign: Campaign, table: list[dict], finished: Counter, status: list[dict]) -> str:
+def _machines(paths) -> str:
+    """'12 runs on 2 x AMD EPYC (AVX2), ...': the machines of the evaluation runs, from their
+    meta.json (`cpu` is recorded since 2026-12-05)."""
+    counts = Counter()
+    for path in paths:
+        meta = RunDir(path).read_meta()
+        cpu = meta.get("cpu") or "a CPU not recorded"
+        counts[f"{meta.get('cpus', '?')} cores of {cpu}"] += 1
+    return "; ".join(f"{n} run{'s' * (n > 1)} on {m}" for m, n in counts.most_common())
+
+
+def _under_way(campaign: Campaign, paths) -> str:
+    """The evaluation runs that have not reached their budget: their last evaluation stands in
+    for the final one in the table until they do."""
+    lines = [
+        "",
+        "## Runs under way",
+        "",
+        "Their last evaluation stands for the final one in the table until they finish.",
+        "",
+    ]
+    for path in paths:
+        counters = RunDir(path).checkpoint_counters() or {}
+        steps = int(counters.get("env_steps", 0))
+        rel = Path(path).relative_to(campaign.results).as_posix()
+        lines.append(f"- {rel}: {steps:,} env steps so far")
+    return "\n".join(lines) + "\n"
+
+
+def reading(
+    campaign: Campaign,
+    table: list[dict],
+    finished: Counter,
+    status: list[dict],
+    run_paths=(),
+) -> str:
     """`<results>.md`: the protocol, compute, the table and the paper's claim task by task."""
     from .plotting import table_markdown
 
@@ -1077,7 +1115,8 @@ def reading(campaign: Campaign, table: list[dict], finished: Counter, status: li
         f"{_hours(spent)} | {_hours(left)} |",
         "",
         "Core-hours count one core per process, on the machines the units ran on; the estimate "
-        "left uses the rates measured so far.",
+        "left uses the rates measured so far."
+        + (f" Evaluation runs: {_machines(run_paths)}." if run_paths else ""),
         "",
         "## Results",
         "",

@@ -98,6 +98,27 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector extension, e.g. `AMD EPYC (AVX2)`: runs are
+    bit for bit the same only on CPUs that pick the same instructions (README)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if flags and model != "unknown CPU":
+                    break
+    except OSError:
+        pass
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{model} ({vector})" if vector else model
+
+
 def _source_commit() -> str | None:
     """The git commit odepolicy runs from, `+changes` when its package folder differs from it
     (a source checkout; None for an installed wheel or without git)."""
@@ -378,6 +399,7 @@ class RunDir:
             "host": socket.gethostname(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "cpu": cpu_name(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "env": config.env,
             "policy": config.policy.name,

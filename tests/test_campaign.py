@@ -15,6 +15,7 @@ import yaml
 from odepolicy.campaign import load_campaign, started_units, status_rows
 from odepolicy.checkpoint import read_checkpoint
 from odepolicy.cli import main
+from odepolicy.rundir import RunDir, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,6 +171,18 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
         assert f"| InvertedPendulum-v5 | {method} | 1 |" in reading
     assert "| all | | 8 | 0 |" in reading  # units done and left
     assert "**InvertedPendulum-v5** (final). The paper does not report this task." in reading
+    assert f"Evaluation runs: 2 runs on {os.cpu_count()} cores of {cpu_name()}." in reading
+    assert "## Runs under way" not in reading
+    # A run whose budget is raised is under way again: the reading names it and its steps.
+    run = killed / "results" / "pendulum" / "linear" / "s100"
+    steps = RunDir(run).checkpoint_counters()["env_steps"]
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_env_steps: 2500", "max_env_steps: 25000"))
+    assert main(["campaign", "report", str(path)]) == 0
+    reading = (killed / "results.md").read_text()
+    lines = reading.split("## Runs under way\n", 1)[1].strip().splitlines()
+    assert lines[-1] == f"- pendulum/linear/s100: {steps:,} env steps so far"
+    assert "(provisional: 1 of 2 methods" in reading
 
 
 def _csv_rows(path: Path) -> list[dict]:
