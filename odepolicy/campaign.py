@@ -1034,8 +1034,9 @@ def _machines(paths) -> str:
     counts = Counter()
     for path in paths:
         meta = RunDir(path).read_meta()
-        cpu = meta.get("cpu") or "a CPU not recorded"
-        counts[f"{meta.get('cpus', '?')} cores of {cpu}"] += 1
+        cpus = [meta.get("cpu")] + [r.get("cpu") for r in meta.get("resumes", [])]
+        cpus = list(dict.fromkeys(c or "a CPU not recorded" for c in cpus))  # in order, once
+        counts[f"{meta.get('cpus', '?')} cores of {' then '.join(cpus)}"] += 1
     return "; ".join(f"{n} run{'s' * (n > 1)} on {m}" for m, n in counts.most_common())
 
 

@@ -392,7 +392,7 @@ class RunDir:
         self, config: Config, extra: dict | None = None, resumed_from: int | None = None
     ) -> None:
         """Write meta.json. A resume (`resumed_from`: the iteration it continues from) keeps the
-        first start's command, host and time and appends its own to `resumes`."""
+        first start's command, host, CPU and time and appends its own to `resumes`."""
         meta = {
             "versions": library_versions(),
             "command": sys.argv,
@@ -407,7 +407,7 @@ class RunDir:
         }
         if resumed_from is not None:
             first = self.read_meta()
-            this = {k: meta[k] for k in ("command", "host", "started")}
+            this = {k: meta[k] for k in ("command", "host", "cpu", "started")}
             meta.update({k: first[k] for k in this if k in first})
             meta["resumes"] = [*first.get("resumes", []), {"iteration": resumed_from, **this}]
             meta["resumed_from_iteration"] = resumed_from

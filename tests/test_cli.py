@@ -87,6 +87,7 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert meta["command"] == first["command"] and "--resume" not in meta["command"]
     assert meta["started"] <= meta["resumes"][0]["started"]
     assert meta["resumes"][0]["command"][1:] == resume[1:]
+    assert meta["cpu"] == first["cpu"] == meta["resumes"][0]["cpu"] != ""  # one machine here
     assert [r["iteration"] for r in meta["resumes"]] == [2] == [meta["resumed_from_iteration"]]
     assert meta["versions"]["dm_control"] == first["versions"]["dm_control"] != "not installed"
     if (ROOT / ".git").exists():  # a source checkout records the commit it ran from
