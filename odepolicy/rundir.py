@@ -400,6 +400,7 @@ class RunDir:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "cpu": cpu_name(),
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "chosen by OpenBLAS"),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "env": config.env,
             "policy": config.policy.name,
