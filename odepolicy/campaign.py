@@ -1051,9 +1051,12 @@ def _under_way(campaign: Campaign, paths) -> str:
         "",
     ]
     for path in paths:
-        counters = RunDir(path).checkpoint_counters() or {}
+        try:
+            counters = RunDir(path).checkpoint_counters() or {}
+        except OdepolicyError:
+            counters = {}
         steps = int(counters.get("env_steps", 0))
-        rel = Path(path).relative_to(campaign.results).as_posix()
+        rel = Path(path).resolve().relative_to(campaign.results.resolve()).as_posix()
         lines.append(f"- {rel}: {steps:,} env steps so far")
     return "\n".join(lines) + "\n"
 

@@ -566,10 +566,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odepolicy: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the user named cannot be made, written or read
+        if exc.filename is None:  # not about a file (a connection, a library): a real fault
+            raise
         from .rundir import _os_cause
 
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"odepolicy: error: {where}{_os_cause(exc)}", file=sys.stderr)
+        print(f"odepolicy: error: {exc.filename}: {_os_cause(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("odepolicy: interrupted", file=sys.stderr)

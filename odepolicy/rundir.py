@@ -98,6 +98,12 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+# What meta.json says of where and how a run was started; a resume lists its own in `resumes`.
+_PROVENANCE = (
+    "versions", "command", "host", "platform", "cpus", "cpu", "openblas_coretype", "started"
+)  # fmt: skip
+
+
 @functools.cache
 def cpu_name() -> str:
     """The CPU's model name and its widest vector extension, e.g. `AMD EPYC (AVX2)`: runs are
@@ -126,17 +132,22 @@ def _source_commit() -> str | None:
     if not (root / ".git").exists():
         return None
 
+    # No index.lock (a user's own git command may run beside a campaign), and this checkout's
+    # repository whatever GIT_DIR the caller's shell has.
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+
     def git(*args: str) -> str:
         done = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20
-        )
+            ["git", "--no-optional-locks", "-C", str(root), *args],
+            capture_output=True, text=True, timeout=20, env=env,
+        )  # fmt: skip
         if done.returncode:
             raise OSError(done.stderr.strip())
         return done.stdout.strip()
 
     try:
         head = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", "odepolicy")
+        changed = git("status", "--porcelain", "--", "odepolicy")
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+changes" if changed else "")
@@ -392,7 +403,8 @@ class RunDir:
         self, config: Config, extra: dict | None = None, resumed_from: int | None = None
     ) -> None:
         """Write meta.json. A resume (`resumed_from`: the iteration it continues from) keeps the
-        first start's command, host, CPU and time and appends its own to `resumes`."""
+        first start's provenance (versions, command, machine, time; None where an older meta.json
+        lacks a key) and appends its own to `resumes`."""
         meta = {
             "versions": library_versions(),
             "command": sys.argv,
@@ -408,8 +420,8 @@ class RunDir:
         }
         if resumed_from is not None:
             first = self.read_meta()
-            this = {k: meta[k] for k in ("command", "host", "cpu", "started")}
-            meta.update({k: first[k] for k in this if k in first})
+            this = {k: meta[k] for k in _PROVENANCE}
+            meta.update({k: first.get(k) for k in _PROVENANCE})  # None: not recorded then
             meta["resumes"] = [*first.get("resumes", []), {"iteration": resumed_from, **this}]
             meta["resumed_from_iteration"] = resumed_from
         meta.update(extra or {})

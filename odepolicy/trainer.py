@@ -254,6 +254,14 @@ def resume(
             f"checkpoint in {run.path} holds a {meta['policy']['name']} policy, not "
             f"{config.policy.name}: a run keeps its policy on resume"
         )
+    saved, now = meta.get("policy", {}).get("kwargs", {}), trainer.policy.kwargs
+    differ = sorted(k for k in saved.keys() & now.keys() if saved[k] != now[k])
+    if differ:  # an override, or a default changed since the checkpoint
+        was = ", ".join(f"{k}={saved[k]!r} (now {now[k]!r})" for k in differ)
+        raise OdepolicyError(
+            f"checkpoint in {run.path} holds a policy with {was}: a run keeps its policy "
+            "options on resume"
+        )
     trainer.state.restore(arrays, meta)
     # best.npz may be ahead of latest (it is saved at any evaluation): never overwrite it with
     # a centre that evaluates worse.

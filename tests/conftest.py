@@ -14,6 +14,8 @@ import secrets
 
 import pytest
 
+import odepolicy  # noqa: F401  (first: it pins OpenBLAS's kernels before numpy loads them)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _ray_isolated_from_machine():

@@ -106,7 +106,9 @@ def _numbers(root: Path) -> dict:
     return out
 
 
-def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupted_one(tmp_path):
+def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
     # One campaign straight through.
     straight = tmp_path / "straight"
     proc = _start(_campaign(straight))
@@ -183,6 +185,14 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     lines = reading.split("## Runs under way\n", 1)[1].strip().splitlines()
     assert lines[-1] == f"- pendulum/linear/s100: {steps:,} env steps so far"
     assert "(provisional: 1 of 2 methods" in reading
+    # The same with the campaign's folders relative to the working directory, as shipped.
+    data = yaml.safe_load(path.read_text())
+    data.update(studies="studies", runs="runs", results="results")
+    (killed / "relative.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(killed)
+    assert main(["campaign", "report", "relative.yaml"]) == 0
+    relative = (killed / "results.md").read_text()
+    assert relative.split("## Results")[1] == reading.split("## Results")[1]
 
 
 def _csv_rows(path: Path) -> list[dict]:
