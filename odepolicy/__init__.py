@@ -15,7 +15,8 @@ def _pin_blas_kernels() -> None:
     them: the same run on an AVX-512 CPU and on an AVX2 one agreed in its first iteration and
     not after. Haswell's kernels run on every CPU with AVX2 (Intel since 2013, AMD since Zen,
     whose own kernels are Haswell's), so one choice gives the same numbers on all of them. A
-    value the user set wins; without AVX2, or once numpy is loaded, nothing changes."""
+    value the user set wins; without AVX2, off Linux (the flags come from /proc/cpuinfo), or
+    once numpy is loaded (import odepolicy first), nothing changes."""
     if "OPENBLAS_CORETYPE" in os.environ or "numpy" in sys.modules:
         return
     if platform.machine() not in ("x86_64", "AMD64"):
