@@ -94,10 +94,10 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert meta["cpu"] is None and meta["resumes"][0]["cpu"] == first["cpu"] != ""  # as it was
     assert [r["iteration"] for r in meta["resumes"]] == [2] == [meta["resumed_from_iteration"]]
     assert meta["versions"]["dm_control"] == first["versions"]["dm_control"] != "not installed"
-    if (ROOT / ".git").exists():  # a source checkout records the commit it ran from
-        git = ["git", "-C", str(ROOT), "rev-parse", "HEAD"]
-        head = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
-        assert meta["versions"]["odepolicy_commit"].removesuffix("+changes") == head
+    git = ["git", "-C", str(ROOT), "rev-parse", "HEAD"]
+    head = subprocess.run(git, capture_output=True, text=True)
+    if (ROOT / ".git").exists() and head.returncode == 0:  # a source checkout git can read
+        assert meta["versions"]["odepolicy_commit"].removesuffix("+changes") == head.stdout.strip()
 
 
 def _meta(run: Path) -> dict:
