@@ -21,13 +21,27 @@ def _pin_blas_kernels() -> None:
         return
     if platform.machine() not in ("x86_64", "AMD64"):
         return
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
-    except OSError:
-        return
+    flags = cpuinfo()[1]
     if "avx2" in flags and "fma" in flags:
         os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
+def cpuinfo() -> tuple[str | None, set[str]]:
+    """(model name, feature flags) of the first CPU in /proc/cpuinfo; (None, empty) off Linux."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if flags and model is not None:
+                    break
+    except OSError:
+        pass
+    return model, flags
 
 
 _pin_blas_kernels()

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import OdepolicyError, __version__
+from . import OdepolicyError, __version__, cpuinfo
 from .checkpoint import atomic_write, read_checkpoint, save_checkpoint
 from .config import Config, config_from_dict, dump_config, env_slug, read_yaml
 from .state import budget_spent
@@ -108,19 +108,8 @@ _PROVENANCE = (
 def cpu_name() -> str:
     """The CPU's model name and its widest vector extension, e.g. `AMD EPYC (AVX2)`: runs are
     bit for bit the same only on CPUs that pick the same instructions (README)."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                if flags and model != "unknown CPU":
-                    break
-    except OSError:
-        pass
+    model, flags = cpuinfo()
+    model = model or platform.processor() or "unknown CPU"
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
     return f"{model} ({vector})" if vector else model
 

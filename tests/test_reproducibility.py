@@ -10,18 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from odepolicy import cpuinfo
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = str(ROOT / "experiments" / "presets" / "HalfCheetah-v5" / "linear.yaml")
 
 
 def _avx2() -> bool:
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        return False
-    return "avx2" in flags.split() and "fma" in flags.split()
+    flags = cpuinfo()[1]
+    return platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= flags
 
 
 pytestmark = pytest.mark.skipif(not _avx2(), reason="the pin applies to x86-64 CPUs with AVX2")
