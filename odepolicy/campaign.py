@@ -56,6 +56,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -495,6 +496,22 @@ def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[
     return [Unit("evaluate", task, method, seed=s) for s in campaign.eval_seeds(task)]
 
 
+def _unit_from_name(name: str) -> Unit | None:
+    """The unit a log line names (Unit.name's inverse), or None for a name it cannot be."""
+    parts = name.split("/")
+    try:
+        if parts[0] == "explore" and len(parts) == 3:
+            return Unit("explore", parts[1], parts[2])
+        if parts[0] == "confirm" and len(parts) == 4:
+            trial, seed = re.fullmatch(r"trial_(\d+)_s(\d+)", parts[3]).groups()
+            return Unit("confirm", parts[1], parts[2], int(trial), int(seed))
+        if parts[0] == "evaluate" and len(parts) == 4:
+            return Unit("evaluate", parts[1], parts[2], seed=int(parts[3].removeprefix("s")))
+    except (AttributeError, ValueError):
+        pass
+    return None
+
+
 def unit_done(campaign: Campaign, unit: Unit) -> bool:
     if unit.stage == "explore":
         return explore_state(campaign, unit.task, unit.method) == "done"
@@ -735,7 +752,35 @@ class Runner:
             procs = list(self.live)
         stop_processes(procs)
 
+    def close_open_units(self) -> None:
+        """Log `done` for units the last process started and saw finish but was stopped before
+        it could say so (killed between its unit's last write and its log line), so the log
+        keeps one `done` line a finished unit."""
+        c = self.campaign
+        path = c.runs / "campaign.log"
+        if not path.exists():
+            return
+        open_names: dict[str, None] = {}
+        for line in path.read_text().splitlines():
+            parts = line.split(" ", 2)
+            if len(parts) < 3:
+                continue
+            verb, rest = parts[1], parts[2]
+            name = rest.split(":", 1)[0].split(" ", 1)[0]
+            if verb == "start":
+                open_names[name] = None
+            elif verb in ("done", "failed"):
+                open_names.pop(name, None)
+        for name in open_names:
+            unit = _unit_from_name(name)
+            if unit is None or unit.task not in c.tasks or unit.method not in c.methods:
+                continue
+            if unit_done(c, unit):
+                c.log(f"done {name} (finished before the campaign was stopped)")
+                self.ran.append(name)
+
     def run(self) -> None:
+        self.close_open_units()
         threads = [
             threading.Thread(target=self.work, name=f"campaign-{i}", daemon=True)
             for i in range(self.parallel)
