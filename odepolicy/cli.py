@@ -561,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         parser = build_parser()
+        given = sys.argv[1:] if argv is None else list(argv)
+        if given and given[0].startswith("-") and given[0] not in ("-h", "--help", "--version"):
+            # argparse would first say COMMAND is missing, hiding the option it did not know.
+            parser.error(
+                f"unrecognized option {given[0]}; a COMMAND comes first, its options after it"
+            )
         args, extra = parser.parse_known_args(argv)
         if extra:  # said by the command's own parser, which names its own --help
             sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -219,6 +219,10 @@ def test_unwritable_output_paths_and_bad_options_are_one_line_exit_2(tmp_path, c
     _expect_error(capsys, ["tune", PENDULUM], "--trials")
     _expect_error(capsys, ["no-such-command"], "invalid choice")
     _expect_error(
+        capsys, ["--bogus", "train"], "unrecognized option --bogus; a COMMAND comes first"
+    )
+    _expect_error(capsys, [], "the following arguments are required: COMMAND")
+    _expect_error(
         capsys, ["plot", str(tmp_path), "--bogus"],
         "plot: unrecognized arguments: --bogus (see `odepolicy plot --help`)",
     )  # fmt: skip
