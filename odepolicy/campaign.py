@@ -976,15 +976,16 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
     runs = [r for r in runs if len(r.returns)]
     if not runs:
         raise OdepolicyError(f"no evaluation run in {campaign.results} has an evaluation yet")
+    states = {run.path: _run_state(RunDir(run.path)) for run in runs}  # one read of each run
     for run in runs:
-        if _run_state(RunDir(run.path)) != "finished":
+        if states[run.path] != "finished":
             print(f"odepolicy: note: {run.path} is not finished", file=sys.stderr)
     stem = campaign.results.parent / campaign.results.name
     png, _ = plot_runs(runs, stem.with_suffix(".png"))
     table = summary_table(runs)
     _, md_path = write_table(table, stem)
-    finished = Counter((r.task, r.method) for r in runs if _run_state(RunDir(r.path)) == "finished")
-    under_way = [r.path for r in runs if _run_state(RunDir(r.path)) != "finished"]
+    finished = Counter((r.task, r.method) for r in runs if states[r.path] == "finished")
+    under_way = [r.path for r in runs if states[r.path] != "finished"]
     text = reading(campaign, table, finished, status_rows(campaign), [r.path for r in runs])
     if under_way:
         text += _under_way(campaign, under_way)
