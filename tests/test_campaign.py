@@ -127,7 +127,8 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     assert not any(ln.startswith("done explore/pendulum/iso") for ln in _log(killed))
     studies = killed / "studies" / "pendulum"
     _kill_when(_start(path), lambda: any(studies.glob("*/confirm/*/checkpoints/latest.npz")))
-    assert not any(ln.startswith("done confirm") for ln in _log(killed))
+    # (Another confirm run may have finished in the instant before the kill; not all of them.)
+    assert len([ln for ln in _log(killed) if ln.startswith("done confirm")]) < 4
     # Status names the started units: the killed confirm run with its env steps so far.
     started = started_units(load_campaign(path))
     pattern = r"confirm/pendulum/\w+/trial_\d{4}_s1: ([\d,]+) of 1,500 env steps \(\d+%\)"
