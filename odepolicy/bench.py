@@ -90,6 +90,8 @@ def _bench_config(args, directions: int):
     backend = BackendConfig(args.backend, args.workers, args.address)
     if getattr(args, "config", None):
         config = load_config(args.config)
+        if args.policy != config.policy.name:  # --policy replaces it, options and all
+            config.policy = type(config.policy)(args.policy, {})
         config.es.directions = directions
         if args.no_antithetic:
             config.es.antithetic = False
@@ -280,13 +282,19 @@ def bench_command(args) -> int:
     if torch_imported():  # the CPU kernels never import torch; CUDA policies do, later
         torch.set_num_threads(1)
     if args.config:
-        if args.horizon is not None:
-            raise OdepolicyError("--horizon cannot be combined with --config (the config sets it)")
+        for option, value in (("--horizon", args.horizon), ("--env", args.env)):
+            if value is not None:
+                raise OdepolicyError(
+                    f"{option} cannot be combined with --config (the config sets it)"
+                )
         config = load_config(args.config)  # a bad file is a one-line error, exit 2
-        args.env, args.policy, args.horizon = config.env, config.policy.name, config.horizon
+        args.env, args.horizon = config.env, config.horizon
+        args.policy = args.policy or config.policy.name
         sizes = list(args.perturbations or [config.es.directions])
         source = f"config {args.config}, "
     else:
+        args.env = args.env or "HalfCheetah-v5"
+        args.policy = args.policy or "iso_odetoode"
         if args.horizon is None:
             args.horizon = 1000
         if args.iterations is None:
@@ -419,6 +427,8 @@ def bench_warp(args) -> int:
 
     if args.config or args.replay or args.backend != "local":
         raise OdepolicyError("--physics warp takes --env/--policy (no --config, --replay or ray)")
+    args.env = args.env or "HalfCheetah-v5"
+    args.policy = args.policy or "iso_odetoode"
     require_warp(args.env)
     sizes = list(args.perturbations or WARP_POPULATIONS)
     args.horizon = 1000 if args.horizon is None else args.horizon

@@ -220,8 +220,13 @@ def _add_bench(sub) -> None:
         help="take env, policy, ES settings, horizon and seed from this run config; without "
         "--iterations, time its whole env-step budget",
     )
-    p.add_argument("--env", default="HalfCheetah-v5", help="env id (default HalfCheetah-v5)")
-    p.add_argument("--policy", default="iso_odetoode", help="policy name (default iso_odetoode)")
+    p.add_argument("--env", default=None, help="env id (default HalfCheetah-v5; not with --config)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="policy name (default iso_odetoode; with --config, replaces the config's policy "
+        "and its options, keeping the rest of the config)",
+    )
     p.add_argument(
         "--perturbations",
         type=int,

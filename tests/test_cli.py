@@ -327,7 +327,7 @@ def test_bench_replay_reproduces_the_recorded_episodes():
         assert total == ret
 
 
-def test_bench_times_a_config_and_refuses_a_horizon_with_it(tmp_path, capsys):
+def test_bench_times_a_config_and_refuses_a_horizon_or_env_with_it(tmp_path, capsys):
     """`--config` takes env, policy and directions from the file and, without --iterations,
     times its whole env-step budget; --horizon with it is a one-line error, exit 2."""
     cfg = tmp_path / "c.yaml"
@@ -343,3 +343,12 @@ def test_bench_times_a_config_and_refuses_a_horizon_with_it(tmp_path, capsys):
     assert 0.0 < float(rows["ratio to replay x workers"][0]) < 1.5
     assert main(["bench", "--config", str(cfg), "--horizon", "10"]) == 2
     assert "--horizon cannot be combined with --config" in capsys.readouterr().err
+    assert main(["bench", "--config", str(cfg), "--env", "Hopper-v5"]) == 2
+    assert "--env cannot be combined with --config" in capsys.readouterr().err
+    # --policy replaces the config's policy (its options too) and keeps the rest of the file.
+    argv = ["bench", "--config", str(cfg), "--policy", "iso_odetoode", "--hidden", "3"]
+    assert main([*argv, "--iterations", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "env InvertedPendulum-v5 (obs 4, act 1); policy iso_odetoode" in out
+    rows = {line[:36].strip(): line[36:].split() for line in out.splitlines()}
+    assert rows["directions"] == ["3"]

@@ -1,6 +1,7 @@
-"""The lean step of Swimmer, Hopper, HalfCheetah and Walker2d v5 (`odepolicy.envs.lean`) returns
-bit for bit what Gymnasium's step returns: observations, rewards, terminated and truncated,
-over the same resets and actions, through falls, resets after termination and time limits."""
+"""The lean step of Swimmer, Hopper, HalfCheetah, Walker2d and Humanoid v5
+(`odepolicy.envs.lean`) returns bit for bit what Gymnasium's step returns: observations,
+rewards, terminated and truncated, over the same resets and actions, through falls, resets
+after termination and time limits."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from odepolicy.envs import make_env
 from odepolicy.envs.lean import LEAN_ENV_IDS
 
-TASKS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+TASKS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
 
 
 def _actions(env, n: int, rng: np.random.Generator, large=True) -> list[np.ndarray]:
@@ -71,13 +72,14 @@ def _compare(env_id: str, max_episode_steps=None, episodes=3, steps=300, seed=0,
 @pytest.mark.parametrize("env_id", TASKS)
 def test_lean_step_is_gymnasiums_bit_for_bit(env_id):
     counts = _compare(env_id)
-    if env_id in ("Hopper-v5", "Walker2d-v5"):
+    if env_id in ("Hopper-v5", "Walker2d-v5", "Humanoid-v5"):
         assert counts["terminated"] >= 3  # the large actions made them fall, and reset
 
 
 @pytest.mark.parametrize("env_id", TASKS)
 def test_lean_step_truncates_on_the_same_step(env_id):
-    counts = _compare(env_id, max_episode_steps=50, episodes=2, steps=120, seed=1, large=False)
+    limit = 15 if env_id == "Humanoid-v5" else 50  # Humanoid falls in about 20 steps
+    counts = _compare(env_id, max_episode_steps=limit, episodes=2, steps=120, seed=1, large=False)
     assert counts["truncated"] >= 1
 
 
@@ -103,6 +105,15 @@ def test_lean_step_only_where_it_is_written():
     env = make_env("Hopper-v5", render_mode="rgb_array")
     assert not env.lean
     env.close()
+    # Humanoid with an observation other than the default keeps Gymnasium's step.
+    import gymnasium as gym
+
+    from odepolicy.envs.lean import lean_step_for
+
+    for options in ({}, {"include_cfrc_ext_in_observation": False}):
+        gym_env = gym.make("Humanoid-v5", disable_env_checker=True, **options)
+        assert (lean_step_for(gym_env, "Humanoid-v5") is None) == bool(options)
+        gym_env.close()
 
 
 @pytest.mark.parametrize("env_id", TASKS)
@@ -112,6 +123,7 @@ def test_lean_step_at_fast_states(env_id):
     at 150 m/s, upright (Hopper: unhealthy by its state range alone)."""
     old, new = make_env(env_id, lean=False), make_env(env_id)
     rng = np.random.default_rng(2)
+    clipped = 0  # Humanoid steps whose contact cost its range clipped
     for k, speed in enumerate((5.0, 30.0, 150.0, "slide")):
         old.reset(seed=k)
         new.reset(seed=k)
@@ -127,7 +139,11 @@ def test_lean_step_at_fast_states(env_id):
         for action in _actions(old, 5, rng):
             out = old.step(action)
             assert _same(out, new.step(action)), (env_id, speed)
+            if env_id == "Humanoid-v5":
+                clipped += task.contact_cost == task._contact_cost_range[1]
         if speed == "slide" and env_id == "Hopper-v5":
             assert out[2]  # terminated
+    if env_id == "Humanoid-v5":
+        assert clipped >= 1
     old.close()
     new.close()

@@ -1,4 +1,5 @@
-"""Lean `Env.step` for Gymnasium's v5 locomotion tasks Swimmer, Hopper, HalfCheetah, Walker2d.
+"""Lean `Env.step` for Gymnasium's v5 locomotion tasks Swimmer, Hopper, HalfCheetah, Walker2d
+and Humanoid.
 
 Gymnasium's step of these tasks spends about as long in Python as MuJoCo spends stepping: the
 TimeLimit and OrderEnforcing wrappers, the info dict, the `dt` property (read three times),
@@ -46,7 +47,7 @@ import mujoco  # noqa: E402
 
 __all__ = ["LEAN_ENV_IDS", "lean_step_for"]
 
-LEAN_ENV_IDS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+LEAN_ENV_IDS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
 
 StepFn = Callable[[object], tuple[np.ndarray, float, bool, bool]]
 
@@ -58,11 +59,13 @@ _shape = np.shape
 _array = np.array
 _concatenate = np.concatenate
 _ndarray = np.ndarray
+_einsum = np.einsum
 
 
 def _task_classes() -> dict:
     from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
     from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+    from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv
     from gymnasium.envs.mujoco.swimmer_v5 import SwimmerEnv
     from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 
@@ -71,6 +74,7 @@ def _task_classes() -> dict:
         "Hopper-v5": (HopperEnv, _hopper),
         "HalfCheetah-v5": (HalfCheetahEnv, _half_cheetah),
         "Walker2d-v5": (Walker2dEnv, _walker2d),
+        "Humanoid-v5": (HumanoidEnv, _humanoid),
     }
 
 
@@ -87,7 +91,7 @@ def lean_step_for(gym_env, env_id: str) -> StepFn | None:
     cls, build = _task_classes()[env_id]
     if type(task) is not cls or task.render_mode is not None:
         return None
-    return build(task, gym_env)
+    return build(task, gym_env)  # None where the task's options are not the ones written here
 
 
 def _cost(task, action):
@@ -252,3 +256,75 @@ def _half_cheetah(task, limit) -> StepFn:
 
 def _swimmer(task, limit) -> StepFn:
     return _never_unhealthy(task, limit, excluded=2)
+
+
+def _humanoid(task, limit) -> StepFn | None:
+    """Humanoid's step: the x velocity of the centre of mass (`mass_center`'s einsum, before and
+    after), the observation of qpos[2:], qvel, cinert, cvel, qfrc_actuator and cfrc_ext (bodies
+    1 on), the control cost on `data.ctrl` and the contact cost on `cfrc_ext`, clipped to its
+    range. Only for the default observation (every part included, x and y left out)."""
+    if not (
+        task._exclude_current_positions_from_observation
+        and task._include_cinert_in_observation is True
+        and task._include_cvel_in_observation is True
+        and task._include_qfrc_actuator_in_observation is True
+        and task._include_cfrc_ext_in_observation is True
+    ):
+        return None
+    sim = _Sim(task)
+    views: dict = {}
+
+    def parts(s: _Sim) -> dict:
+        # Views of the arrays the observation copies, made again should the task swap its data.
+        if views.get("data") is not s.data:
+            data, model = s.data, s.model
+            views.update(
+                data=data,
+                obs=(
+                    data.qpos[2:],
+                    data.qvel,
+                    data.cinert[1:].reshape(-1),
+                    data.cvel[1:].reshape(-1),
+                    data.qfrc_actuator[6:],
+                    data.cfrc_ext[1:].reshape(-1),
+                ),
+                mass=model.body_mass,
+                total=model.body_mass.sum(),  # mass_center's denominator, the same each call
+                xipos=data.xipos,
+                cfrc_ext=data.cfrc_ext,
+            )
+        return views
+
+    def step(action):
+        s = sim.current()
+        v = parts(s)
+        _check(action, s.nu)
+        # mass_center: einsum("b,bj->j", body_mass, xipos) / body_mass.sum(), x component
+        before = _einsum("b,bj->j", v["mass"], v["xipos"])[0] / v["total"]
+        s.ctrl[:] = action
+        _mj_step(s.model, s.data, nstep=s.frame_skip)
+        _mj_rne_post_constraint(s.model, s.data)
+        after = _einsum("b,bj->j", v["mass"], v["xipos"])[0] / v["total"]
+        x_velocity = (after - before) / s.dt
+
+        observation = _concatenate(v["obs"])
+
+        min_z, max_z = task._healthy_z_range
+        is_healthy = min_z < s.qpos[2] < max_z
+        forward_reward = task._forward_reward_weight * x_velocity
+        healthy_reward = is_healthy * task._healthy_reward
+        rewards = forward_reward + healthy_reward
+        # control_cost reads data.ctrl (the action as float64), not the action
+        ctrl_cost = task._ctrl_cost_weight * _add_reduce(_square(s.ctrl), axis=None)
+        contact = task._contact_cost_weight * _add_reduce(_square(v["cfrc_ext"]), axis=None)
+        min_cost, max_cost = task._contact_cost_range
+        # np.clip(contact, min_cost, max_cost): maximum, then minimum (a NaN stays)
+        contact = min_cost if contact < min_cost else contact
+        contact = max_cost if contact > max_cost else contact
+        reward = rewards - (ctrl_cost + contact)
+        terminated = (not is_healthy) and task._terminate_when_unhealthy
+
+        truncated = _count_step(limit)
+        return observation, float(reward), bool(terminated), truncated
+
+    return step
