@@ -30,9 +30,16 @@ TINY = [
 
 
 def _cpu_kind() -> str:
-    """'' on a CPU with AVX-512 (where the stored centres were first written), '_avx2' else."""
+    """'_avx2' where OpenBLAS runs its Haswell kernels: every x86-64 CPU with AVX2, AVX-512 ones
+    included, since importing odepolicy pins them (odepolicy/__init__.py; checked on an Intel
+    Xeon with AVX-512 on 2026-12-05). '' on an AVX-512 CPU with OpenBLAS left to choose its own
+    (SkylakeX) kernels, where the stored centres were first written."""
+    import os
+
     from numpy._core._multiarray_umath import __cpu_features__
 
+    if os.environ.get("OPENBLAS_CORETYPE") == "Haswell":
+        return "_avx2"
     return "" if __cpu_features__.get("AVX512F") else "_avx2"
 
 
@@ -43,7 +50,8 @@ def test_centre_is_bit_identical_to_the_code_before_the_restructuring(tmp_path, 
     stored beside it with these overrides, and `<optimizer>_center_avx2`, written by the code at
     368545a (which reproduces the first bit for bit on AVX-512) on an AMD EPYC with AVX2 only.
     numpy and OpenBLAS pick their SIMD kernels by CPU, so the last bits of a run depend on
-    whether the CPU has AVX-512 (3.3e-16 here); within one kind they must not move."""
+    whether the CPU has AVX-512 (3.3e-16 here); within one kind they must not move. Since
+    odepolicy pins OpenBLAS's Haswell kernels, AVX-512 CPUs give the second centre too."""
     config = load_config(
         DATA / "inverted_pendulum_paper.yaml", [*TINY, f"es.optimizer={optimizer}"]
     )
