@@ -775,9 +775,18 @@ class Runner:
             unit = _unit_from_name(name)
             if unit is None or unit.task not in c.tasks or unit.method not in c.methods:
                 continue
-            if unit_done(c, unit):
-                c.log(f"done {name} (finished before the campaign was stopped)")
-                self.ran.append(name)
+            # A run unit another campaign process holds is its to log (it keeps the lock
+            # until its `done` line is written); a study has no lock (processes share it).
+            lock = _Lock(c, unit) if unit.stage != "explore" else None
+            if lock is not None and not lock.acquire():
+                continue
+            try:
+                if unit_done(c, unit):
+                    c.log(f"done {name} (finished before the campaign was stopped)")
+                    self.ran.append(name)
+            finally:
+                if lock is not None:
+                    lock.release()
 
     def run(self) -> None:
         self.close_open_units()

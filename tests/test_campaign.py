@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from odepolicy.campaign import Runner, load_campaign, started_units, status_rows
+from odepolicy.campaign import Runner, Unit, _Lock, load_campaign, started_units, status_rows
 from odepolicy.checkpoint import read_checkpoint
 from odepolicy.cli import main
 from odepolicy.rundir import RunDir, cpu_name
@@ -157,6 +157,11 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     ]
     log_path.write_text("\n".join(kept) + "\n")
     runner = Runner(campaign, 1, [], ["evaluate"], quiet=True)
+    held = _Lock(campaign, Unit("evaluate", "pendulum", "linear", seed=100))
+    assert held.acquire()  # as if another campaign process were still running it
+    runner.close_open_units()
+    assert len(_log(killed)) == len(kept)  # that process will write the line, not this one
+    held.release()
     runner.close_open_units()
     assert _log(killed)[-1] == (
         "done evaluate/pendulum/linear/s100 (finished before the campaign was stopped)"
