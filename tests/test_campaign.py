@@ -15,6 +15,7 @@ import yaml
 from odepolicy.campaign import Runner, Unit, _Lock, load_campaign, started_units, status_rows
 from odepolicy.checkpoint import read_checkpoint
 from odepolicy.cli import main
+from odepolicy.config import load_config
 from odepolicy.rundir import RunDir, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -446,6 +447,10 @@ def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
         s = env_spec(config.env)
         kwargs = config.policy.kwargs
         sizes[method] = count_params(config.policy.name, s.obs_dim, s.act_dim, **kwargs)
+    # ISO-ODEtoODE's scale knob is the comparison's Walker2d-v5 pick's, the others keep theirs.
+    pick = load_config(comparison.pick_file("Walker2d-v5", "iso_odetoode"))
+    iso = humanoid.base_config(task, "iso_odetoode").policy.kwargs
+    assert iso["output_scale"] == pick.policy.kwargs["output_scale"] and iso["hidden"] == 64
     h, s = 64, env_spec(task)  # Stiefel in (h x obs) and out (act x h), bias, W0, Q and N
     assert sizes["iso_odetoode"] == h * s.obs_dim + s.act_dim * h + h + 3 * h * h == 35712
     assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
