@@ -140,15 +140,20 @@ class _Sim:
         return self
 
 
-def _advance(s: _Sim, action) -> float:
-    """The task's `do_simulation` (the action checked, `frame_skip` MuJoCo steps, then
-    `mj_rnePostConstraint`) and the x velocity over it, `(after - before) / dt`."""
+def _simulate(s: _Sim, action) -> None:
+    """The task's `do_simulation`: the action checked, `frame_skip` MuJoCo steps, then
+    `mj_rnePostConstraint`."""
     _check(action, s.nu)
-    qpos = s.qpos
-    x_position_before = qpos[0]
     s.ctrl[:] = action
     _mj_step(s.model, s.data, nstep=s.frame_skip)
     _mj_rne_post_constraint(s.model, s.data)
+
+
+def _advance(s: _Sim, action) -> float:
+    """`_simulate` and the x velocity over it, `(after - before) / dt`."""
+    qpos = s.qpos
+    x_position_before = qpos[0]
+    _simulate(s, action)
     return (qpos[0] - x_position_before) / s.dt
 
 
@@ -258,6 +263,31 @@ def _swimmer(task, limit) -> StepFn:
     return _never_unhealthy(task, limit, excluded=2)
 
 
+class _HumanoidSim(_Sim):
+    """`_Sim` with the views Humanoid's step reads: the parts of the observation (bodies 1 on),
+    the masses and centres `mass_center` weighs, and `cfrc_ext` for the contact cost."""
+
+    __slots__ = ("obs_parts", "mass", "total_mass", "xipos", "cfrc_ext")
+
+    def bind(self) -> None:
+        super().bind()
+        data, model = self.data, self.model
+        self.obs_parts = (
+            data.qpos[2:],
+            data.qvel,
+            data.cinert[1:].reshape(-1),
+            data.cvel[1:].reshape(-1),
+            data.qfrc_actuator[6:],
+            data.cfrc_ext[1:].reshape(-1),
+        )
+        self.mass, self.xipos, self.cfrc_ext = model.body_mass, data.xipos, data.cfrc_ext
+        self.total_mass = model.body_mass.sum()  # mass_center's denominator, the same each call
+
+    def x_mass_center(self) -> float:
+        # mass_center: einsum("b,bj->j", body_mass, xipos) / body_mass.sum(), x component
+        return _einsum("b,bj->j", self.mass, self.xipos)[0] / self.total_mass
+
+
 def _humanoid(task, limit) -> StepFn | None:
     """Humanoid's step: the x velocity of the centre of mass (`mass_center`'s einsum, before and
     after), the observation of qpos[2:], qvel, cinert, cvel, qfrc_actuator and cfrc_ext (bodies
@@ -271,52 +301,23 @@ def _humanoid(task, limit) -> StepFn | None:
         and task._include_cfrc_ext_in_observation is True
     ):
         return None
-    sim = _Sim(task)
-    views: dict = {}
-
-    def parts(s: _Sim) -> dict:
-        # Views of the arrays the observation copies, made again should the task swap its data.
-        if views.get("data") is not s.data:
-            data, model = s.data, s.model
-            views.update(
-                data=data,
-                obs=(
-                    data.qpos[2:],
-                    data.qvel,
-                    data.cinert[1:].reshape(-1),
-                    data.cvel[1:].reshape(-1),
-                    data.qfrc_actuator[6:],
-                    data.cfrc_ext[1:].reshape(-1),
-                ),
-                mass=model.body_mass,
-                total=model.body_mass.sum(),  # mass_center's denominator, the same each call
-                xipos=data.xipos,
-                cfrc_ext=data.cfrc_ext,
-            )
-        return views
+    sim = _HumanoidSim(task)
 
     def step(action):
         s = sim.current()
-        v = parts(s)
-        _check(action, s.nu)
-        # mass_center: einsum("b,bj->j", body_mass, xipos) / body_mass.sum(), x component
-        before = _einsum("b,bj->j", v["mass"], v["xipos"])[0] / v["total"]
-        s.ctrl[:] = action
-        _mj_step(s.model, s.data, nstep=s.frame_skip)
-        _mj_rne_post_constraint(s.model, s.data)
-        after = _einsum("b,bj->j", v["mass"], v["xipos"])[0] / v["total"]
-        x_velocity = (after - before) / s.dt
+        before = s.x_mass_center()  # no side effects: a bad action still raises, unstepped
+        _simulate(s, action)
+        x_velocity = (s.x_mass_center() - before) / s.dt
 
-        observation = _concatenate(v["obs"])
+        observation = _concatenate(s.obs_parts)
 
         min_z, max_z = task._healthy_z_range
         is_healthy = min_z < s.qpos[2] < max_z
         forward_reward = task._forward_reward_weight * x_velocity
         healthy_reward = is_healthy * task._healthy_reward
         rewards = forward_reward + healthy_reward
-        # control_cost reads data.ctrl (the action as float64), not the action
-        ctrl_cost = task._ctrl_cost_weight * _add_reduce(_square(s.ctrl), axis=None)
-        contact = task._contact_cost_weight * _add_reduce(_square(v["cfrc_ext"]), axis=None)
+        ctrl_cost = _cost(task, s.ctrl)  # control_cost reads data.ctrl, not the action
+        contact = task._contact_cost_weight * _add_reduce(_square(s.cfrc_ext), axis=None)
         min_cost, max_cost = task._contact_cost_range
         # np.clip(contact, min_cost, max_cost): maximum, then minimum (a NaN stays)
         contact = min_cost if contact < min_cost else contact
