@@ -272,6 +272,14 @@ def _time_env_steps(backend) -> list | None:
     return spent
 
 
+DEFAULT_ENV, DEFAULT_POLICY = "HalfCheetah-v5", "iso_odetoode"  # without --config
+
+
+def _default_env_and_policy(args) -> None:
+    args.env = args.env or DEFAULT_ENV
+    args.policy = args.policy or DEFAULT_POLICY
+
+
 def bench_command(args) -> int:
     if getattr(args, "physics", "mujoco") == "warp":
         return bench_warp(args)
@@ -293,8 +301,7 @@ def bench_command(args) -> int:
         sizes = list(args.perturbations or [config.es.directions])
         source = f"config {args.config}, "
     else:
-        args.env = args.env or "HalfCheetah-v5"
-        args.policy = args.policy or "iso_odetoode"
+        _default_env_and_policy(args)
         if args.horizon is None:
             args.horizon = 1000
         if args.iterations is None:
@@ -427,8 +434,7 @@ def bench_warp(args) -> int:
 
     if args.config or args.replay or args.backend != "local":
         raise OdepolicyError("--physics warp takes --env/--policy (no --config, --replay or ray)")
-    args.env = args.env or "HalfCheetah-v5"
-    args.policy = args.policy or "iso_odetoode"
+    _default_env_and_policy(args)
     require_warp(args.env)
     sizes = list(args.perturbations or WARP_POPULATIONS)
     args.horizon = 1000 if args.horizon is None else args.horizon
