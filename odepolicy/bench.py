@@ -273,6 +273,7 @@ def _time_env_steps(backend) -> list | None:
 
 
 DEFAULT_ENV, DEFAULT_POLICY = "HalfCheetah-v5", "iso_odetoode"  # without --config
+DEFAULT_PERTURBATIONS = (8, 100)  # ES directions timed side by side, without --config
 
 
 def _default_env_and_policy(args) -> None:
@@ -306,7 +307,7 @@ def bench_command(args) -> int:
             args.horizon = 1000
         if args.iterations is None:
             args.iterations = 2
-        sizes = list(args.perturbations or [8, 100])
+        sizes = list(args.perturbations or DEFAULT_PERTURBATIONS)
         source = ""
     if min(sizes) < 1 or args.horizon < 1 or (args.iterations is not None and args.iterations < 1):
         raise OdepolicyError("--perturbations, --horizon and --iterations must be positive")

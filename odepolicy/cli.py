@@ -18,6 +18,12 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from . import OdepolicyError, __version__  # noqa: E402
+from .bench import (  # noqa: E402
+    DEFAULT_ENV,
+    DEFAULT_PERTURBATIONS,
+    DEFAULT_POLICY,
+    WARP_POPULATIONS,
+)
 from .checkpoint import CHECKPOINTS  # noqa: E402
 from .config import BACKENDS, PHYSICS  # noqa: E402
 from .plotting import BANDS, X_AXES  # noqa: E402
@@ -220,11 +226,11 @@ def _add_bench(sub) -> None:
         help="take env, policy, ES settings, horizon and seed from this run config; without "
         "--iterations, time its whole env-step budget",
     )
-    p.add_argument("--env", default=None, help="env id (default HalfCheetah-v5; not with --config)")
+    p.add_argument("--env", default=None, help=f"env id (default {DEFAULT_ENV}; not with --config)")
     p.add_argument(
         "--policy",
         default=None,
-        help="policy name (default iso_odetoode; with --config, replaces the config's policy "
+        help=f"policy name (default {DEFAULT_POLICY}; with --config, replaces the config's policy "
         "and its options, keeping the rest of the config)",
     )
     p.add_argument(
@@ -233,9 +239,9 @@ def _add_bench(sub) -> None:
         nargs="+",
         default=None,
         metavar="K",
-        help="ES directions per iteration; several sizes are run side by side (default: 8 100, "
-        "or the config's directions); with --physics warp, populations (worlds), default 1024 "
-        "8192 32768",
+        help="ES directions per iteration; several sizes are run side by side (default: "
+        f"{' '.join(map(str, DEFAULT_PERTURBATIONS))}, or the config's directions); with "
+        f"--physics warp, populations (worlds), default {' '.join(map(str, WARP_POPULATIONS))}",
     )
     p.add_argument(
         "--physics",
