@@ -6,6 +6,7 @@ A campaign file is YAML, checked by the same typed rules as run configs:
     runs: runs/comparison                     # the log, unit logs and locks (scratch)
     results: results/comparison               # evaluation runs: <task>/<method>/s<seed> (commit)
     parallel: 2                               # units at a time (--parallel)
+    progress_rows: 1000                       # evaluation runs' logs follow their budget
     explore: {trials: 12, budget: 1000000, sampler_seed: 0}
     confirm: {top: 3, seeds: [1, 2]}
     evaluate: {seeds: [100, 101, 102]}
@@ -126,6 +127,10 @@ class CampaignFile:
     # Iterations between checkpoints of every trial and run: a killed campaign loses at most
     # this many iterations of each unit it was running. The numbers do not depend on it.
     checkpoint_every: int = 10
+    # `progress_rows` of every evaluation run (the committed ones): its progress.csv and its
+    # evaluations follow the env-step budget, not the iteration count (see the run config key).
+    # null: a row and an evaluation on the iteration schedule, however short iterations get.
+    progress_rows: int | None = None
     explore: ExploreSpec = field(default_factory=ExploreSpec)
     confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
@@ -198,6 +203,8 @@ def load_campaign(path: str | Path) -> Campaign:
             raise OdepolicyError("confirm.top must be positive")
         if spec.parallel < 1 or spec.checkpoint_every < 1:
             raise OdepolicyError("'parallel' and 'checkpoint_every' must be positive integers")
+        if spec.progress_rows is not None and spec.progress_rows < 1:
+            raise OdepolicyError("'progress_rows' must be a positive integer (or null)")
         for what, seeds in (("confirm.seeds", co.seeds), ("evaluate.seeds", ev.seeds)):
             if not seeds or len(set(seeds)) != len(seeds):
                 raise OdepolicyError(f"{what} must be a non-empty list of distinct seeds")
@@ -542,6 +549,8 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
     else:
         run = campaign.eval_run(unit.task, unit.method, unit.seed)
         sets = [f"seed={unit.seed}"]
+        if campaign.spec.progress_rows is not None:
+            keep = [*keep, f"progress_rows={campaign.spec.progress_rows}"]
         config_path = str(campaign.pick_file(unit.task, unit.method))
         if not Path(config_path).is_file():  # written here, not when units are listed (status)
             write = write_pick if task.tune else write_fixed_pick

@@ -63,6 +63,12 @@ class Config:
     checkpoint_every: int = 10
     # periodic checkpoints kept (the newest K; null keeps all); latest and best always stay
     keep_checkpoints: int | None = 5
+    # null: a progress.csv row per iteration, an evaluation every `eval_every`. N (with
+    # max_env_steps): the log follows the env-step budget, not the iteration count: iterations
+    # are merged into one row until they add up to max_env_steps / N env steps (an evaluation, a
+    # checkpoint and the end always end a row), and a periodic evaluation is skipped while the
+    # run has made more than N * (env_steps / max_env_steps) + N / 10 of them
+    progress_rows: int | None = None
     normalize_obs: bool = True
     # write the progress rows as TensorBoard event files under RUN/tensorboard/ (needs the
     # tensorboard package: pip install 'odepolicy[tensorboard]')
@@ -87,6 +93,11 @@ class Config:
                 self.keep_checkpoints is None or self.keep_checkpoints >= 1,
                 "keep_checkpoints",
                 "must be at least 1 (or null to keep every periodic checkpoint)",
+            ),
+            (
+                self.progress_rows is None or self.progress_rows >= 1,
+                "progress_rows",
+                "must be at least 1 (or null for a row every iteration)",
             ),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
             (

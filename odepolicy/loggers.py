@@ -1,10 +1,10 @@
 """Loggers: what the training loop reports each iteration goes to these objects.
 
-The loop calls `start(trainer)` once, `log(row)` after every iteration (row: the progress
-columns of `rundir.PROGRESS_COLUMNS`, NaN where there was no evaluation) and `close()` at the
-end, even after an error. A logger may raise to stop the run (the tuner's pruning logger does).
-The run's own: progress.csv (always), TensorBoard event files (`tensorboard: true`) and the
-progress bar.
+The loop calls `start(trainer)` once, `log(row)` for every progress row (row: the progress
+columns of `rundir.PROGRESS_COLUMNS`, NaN where there was no evaluation; one row per iteration,
+or per span of iterations with `progress_rows`) and `close()` at the end, even after an error.
+A logger may raise to stop the run (the tuner's pruning logger does). The run's own:
+progress.csv (always), TensorBoard event files (`tensorboard: true`) and the progress bar.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Logger:
 
 
 class ProgressCSVLogger(Logger):
-    """One row per iteration appended to the run folder's progress.csv."""
+    """Each progress row appended to the run folder's progress.csv."""
 
     def __init__(self, run: RunDir):
         self.run = run
@@ -100,7 +100,7 @@ class ProgressBarLogger(Logger):
             self.bar.update(min(row["env_steps"], self.bar.total) - self.bar.n)
             postfix = {"it": row["iteration"], **postfix}
         else:
-            self.bar.update(1)
+            self.bar.update(min(row["iteration"], self.bar.total) - self.bar.n)
         self.bar.set_postfix(postfix)
 
     def close(self) -> None:
@@ -185,7 +185,7 @@ class TensorBoardLogger(Logger):
     """Event files under RUN/tensorboard/: every number of a progress row as a scalar
     (TENSORBOARD_TAGS) against env steps, NaN (no evaluation that iteration) left out, and the
     resolved config as text. Written with TensorBoard's own record writer and protos (no torch,
-    no TensorFlow), flushed every iteration, so `tensorboard --logdir RUN` follows a live run.
+    no TensorFlow), flushed every row, so `tensorboard --logdir RUN` follows a live run.
 
     Each session (a run, or a resume) writes a file of its own, named so that sessions sort in
     order. A resumed run first drops what the files hold from its first step on (the iterations

@@ -1,7 +1,8 @@
 """The run folder, its one owner: what it holds, how each file is written and read.
 
     RUN/config.yaml          the resolved config
-    RUN/progress.csv         one row per iteration (PROGRESS_COLUMNS), appended and flushed
+    RUN/progress.csv         one row per iteration (PROGRESS_COLUMNS), appended and flushed;
+                             with `progress_rows`, one per span of short iterations
     RUN/checkpoints/         latest.npz, plus iter_NNNNNN.npz every `checkpoint_every` (the
                              newest `keep_checkpoints` of them), and best.npz: the state whose
                              centre had the best evaluation so far

@@ -256,6 +256,7 @@ def test_the_committed_comparison_table_is_what_plot_computes_from_the_committed
         ({"evaluate": {"seeds": [0]}}, "must all differ"),
         ({"tasks": {"t": {"base": "missing.yaml", "budget": 10}}}, "base config 'missing.yaml'"),
         ({"confirm": {"top": 0}}, "confirm.top must be positive"),
+        ({"progress_rows": 0}, "'progress_rows' must be a positive integer"),
     ],
 )
 def test_a_bad_campaign_file_is_one_line_and_exit_2(tmp_path, capsys, change, message):
@@ -281,6 +282,8 @@ def test_the_shipped_campaign_file_is_valid():
     # Only the labelled variant adds something to its family.
     extra = {m: spec.set for m, spec in campaign.methods.items() if spec.set}
     assert extra == {"iso_odetoode_skip": ["policy.kwargs.linear_skip=true"]}
+    # Evaluation runs log and evaluate by their budget: no committed log grows with iterations.
+    assert campaign.spec.progress_rows == 1000
 
 
 def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp_path):
@@ -292,6 +295,7 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
             "fixed": {"base": str(tmp_path / "base.yaml"), "budget": 600, "tune": False,
                       "seeds": [7]}
         },
+        progress_rows=20,
     )  # fmt: skip
     assert main(["campaign", "status", str(path)]) == 0
     assert not (tmp_path / "studies").exists()  # status reads; it writes nothing
@@ -301,6 +305,7 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
         run = tmp_path / "results" / "fixed" / method / "s7"
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["seed"] == 7 and config["max_env_steps"] == 600
+        assert config["progress_rows"] == 20  # the campaign's, on its evaluation runs
         assert config["es"]["sigma"] == BASE["es"]["sigma"] and config["es"]["top_b"] == 4
         assert config["policy"]["name"] == method
         assert config["policy"]["kwargs"].get("hidden") == hidden

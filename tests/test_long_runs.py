@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from odepolicy import OdepolicyError
-from odepolicy.checkpoint import load_policy, read_checkpoint
+from odepolicy.checkpoint import load_policy, read_checkpoint, save_checkpoint
 from odepolicy.cli import main
 from odepolicy.config import config_from_dict
 from odepolicy.loggers import ProgressBarLogger
@@ -278,3 +278,85 @@ def test_progress_bar_counts_env_steps_when_max_env_steps_bounds_the_run(capsys)
         assert bar_after(by_iterations, Counters(iteration=2, env_steps=120), rows) == (
             10, "it", [3, 4]
         )  # fmt: skip
+
+
+# A budget of short iterations (the pendulum falls within a few steps at first): with
+# progress_rows=5 a row spans at least 3000 / 5 = 600 env steps.
+SHORT = ["--set", "max_env_steps=3000", "--set", "eval_every=2", "--set", "checkpoint_every=7"]
+SHORT += ["--set", "keep_checkpoints=null"]
+
+
+def _expected_rows(full: list[dict], n: int, budget: int, eval_every: int, every: int):
+    """From a run's row-per-iteration log, the rows that `progress_rows` n gives, by the rule
+    itself: (iterations, evaluated) of each row."""
+    rows, span, start, evals = [], [], 0, 0
+    for i, r in enumerate(full):
+        it, steps, last = int(r["iteration"]), int(r["env_steps"]), i == len(full) - 1
+        span.append(r)
+        evaluated = last or (it % eval_every == 0 and evals < n * (steps / budget + 0.1))
+        evals += evaluated
+        if evaluated or last or it % every == 0 or steps - start >= budget // n:
+            rows.append((span, evaluated))
+            span, start = [], steps
+    return rows
+
+
+def test_progress_rows_merge_short_iterations_and_limit_evaluations(tmp_path):
+    """progress_rows N: the log and the evaluations follow the env-step budget. Each row holds
+    its span of iterations (mean of their mean returns, the largest return, failures summed, the
+    counters of its last iteration); evaluations, checkpoints and the end end a row; an
+    evaluation is skipped while the run has made more than N (steps / budget + 0.1); training
+    is untouched, bit for bit."""
+    full = _rows(_train(tmp_path, "full", 100_000, *SHORT))
+    merged_run = _train(tmp_path, "merged", 100_000, *SHORT, "--set", "progress_rows=5")
+    merged = _rows(merged_run)
+    expected = _expected_rows(full, 5, 3000, 2, 7)
+    assert len(merged) == len(expected) and len(merged) <= len(full) // 2
+    evaluated_full = sum(r["eval_return_mean"] != "" for r in full)
+    assert sum(e for _, e in expected) < evaluated_full  # the limit skipped some
+    for row, (span, evaluated) in zip(merged, expected):
+        last = span[-1]
+        for key in ("iteration", "env_steps", "episodes"):
+            assert row[key] == last[key]
+        means = [float(r["pert_return_mean"]) for r in span]
+        assert float(row["pert_return_mean"]) == float(np.mean(means))
+        assert float(row["pert_return_max"]) == max(float(r["pert_return_max"]) for r in span)
+        assert int(row["failed"]) == sum(int(r["failed"]) for r in span)
+        # an evaluation the limit keeps is the one the plain run made at that iteration
+        want = (last["eval_return_mean"], last["eval_return_std"]) if evaluated else ("", "")
+        assert (row["eval_return_mean"], row["eval_return_std"]) == want
+    centres = [
+        read_checkpoint(tmp_path / r / "checkpoints" / "latest.npz") for r in ("full", "merged")
+    ]
+    assert np.array_equal(centres[0][0]["es.center"], centres[1][0]["es.center"])
+    assert centres[1][1]["counters"]["evaluations"] == sum(e for _, e in expected)
+
+    # Killed after its checkpoint at iteration 7 (rows logged past it), then resumed: the same
+    # rows and evaluations as the uninterrupted run, every iteration once; also from a
+    # checkpoint written before evaluations were counted (the count is read from the log).
+    for name, legacy in (("resumed", False), ("legacy", True)):
+        run = tmp_path / name
+        shutil.copytree(merged_run, run)
+        arrays, meta = read_checkpoint(run / "checkpoints" / "iter_000007.npz")
+        if legacy:
+            del meta["counters"]["evaluations"]
+        save_checkpoint(run / "checkpoints" / "latest.npz", arrays, meta)
+        assert _resume(run) == 0
+        again = _rows(run)
+        drop = ("wall_seconds", "steps_per_second")
+        assert [{k: v for k, v in r.items() if k not in drop} for r in again] == [
+            {k: v for k, v in r.items() if k not in drop} for r in merged
+        ]
+        centre = read_checkpoint(run / "checkpoints" / "latest.npz")[0]["es.center"]
+        assert np.array_equal(centre, centres[1][0]["es.center"])
+
+
+def test_progress_rows_is_validated(tmp_path, capsys):
+    for value in ("0", "-3"):
+        with pytest.raises(OdepolicyError, match="'progress_rows'.*at least 1"):
+            config_from_dict({}, [f"progress_rows={value}"])
+    assert config_from_dict({}).progress_rows is None
+    assert main(["train", PENDULUM, "--set", "progress_rows=0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "progress_rows" in err[0]
+    assert not any(tmp_path.iterdir())
