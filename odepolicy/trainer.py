@@ -167,7 +167,7 @@ class Trainer:
                 try:
                     span.add(self.iterate())
                 except Exception:
-                    if span:  # the iterations logged so far, then their state
+                    if span:  # finished iterations not in a row yet: their row, then their state
                         self.log(span.row(), math.nan, math.nan)
                     self.save()  # the state of the last finished iteration
                     raise
