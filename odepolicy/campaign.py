@@ -6,7 +6,8 @@ A campaign file is YAML, checked by the same typed rules as run configs:
     runs: runs/comparison                     # the log, unit logs and locks (scratch)
     results: results/comparison               # evaluation runs: <task>/<method>/s<seed> (commit)
     parallel: 2                               # units at a time (--parallel)
-    progress_rows: 1000                       # evaluation runs' logs follow their budget
+    progress_rows: 1000                       # logs follow the env-step budget (all runs)
+    max_evals: 1000                           # evaluations too (evaluation runs)
     explore: {trials: 12, budget: 1000000, sampler_seed: 0}
     confirm: {top: 3, seeds: [1, 2]}
     evaluate: {seeds: [100, 101, 102]}
@@ -127,10 +128,12 @@ class CampaignFile:
     # Iterations between checkpoints of every trial and run: a killed campaign loses at most
     # this many iterations of each unit it was running. The numbers do not depend on it.
     checkpoint_every: int = 10
-    # `progress_rows` of every evaluation run (the committed ones): its progress.csv and its
-    # evaluations follow the env-step budget, not the iteration count (see the run config key).
-    # null: a row and an evaluation on the iteration schedule, however short iterations get.
+    # The run config keys of the same names (null: not set). `progress_rows` goes to every trial
+    # and run: their committed logs follow the env-step budget, not the iteration count, and no
+    # number changes. `max_evals` goes to evaluation runs only: it can skip evaluations, and
+    # tuning scores runs by their last evaluations.
     progress_rows: int | None = None
+    max_evals: int | None = None
     explore: ExploreSpec = field(default_factory=ExploreSpec)
     confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
@@ -203,8 +206,9 @@ def load_campaign(path: str | Path) -> Campaign:
             raise OdepolicyError("confirm.top must be positive")
         if spec.parallel < 1 or spec.checkpoint_every < 1:
             raise OdepolicyError("'parallel' and 'checkpoint_every' must be positive integers")
-        if spec.progress_rows is not None and spec.progress_rows < 1:
-            raise OdepolicyError("'progress_rows' must be a positive integer (or null)")
+        for key in ("progress_rows", "max_evals"):
+            if getattr(spec, key) is not None and getattr(spec, key) < 1:
+                raise OdepolicyError(f"'{key}' must be a positive integer (or null)")
         for what, seeds in (("confirm.seeds", co.seeds), ("evaluate.seeds", ev.seeds)):
             if not seeds or len(set(seeds)) != len(seeds):
                 raise OdepolicyError(f"{what} must be a non-empty list of distinct seeds")
@@ -534,6 +538,8 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
     cli = [sys.executable, "-m", "odepolicy.cli"]
     task = campaign.tasks[unit.task]
     keep = [f"checkpoint_every={campaign.spec.checkpoint_every}"]
+    if campaign.spec.progress_rows is not None:
+        keep.append(f"progress_rows={campaign.spec.progress_rows}")
     if unit.stage == "explore":
         spec = campaign.spec.explore
         cmd = [*cli, "tune", task.base, "--trials", str(spec.trials), "--budget", str(spec.budget)]
@@ -549,8 +555,8 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
     else:
         run = campaign.eval_run(unit.task, unit.method, unit.seed)
         sets = [f"seed={unit.seed}"]
-        if campaign.spec.progress_rows is not None:
-            keep = [*keep, f"progress_rows={campaign.spec.progress_rows}"]
+        if campaign.spec.max_evals is not None:
+            keep = [*keep, f"max_evals={campaign.spec.max_evals}"]
         config_path = str(campaign.pick_file(unit.task, unit.method))
         if not Path(config_path).is_file():  # written here, not when units are listed (status)
             write = write_pick if task.tune else write_fixed_pick

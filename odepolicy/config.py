@@ -63,12 +63,14 @@ class Config:
     checkpoint_every: int = 10
     # periodic checkpoints kept (the newest K; null keeps all); latest and best always stay
     keep_checkpoints: int | None = 5
-    # null: a progress.csv row per iteration, an evaluation every `eval_every`. N (with
-    # max_env_steps): the log follows the env-step budget, not the iteration count: iterations
-    # are merged into one row until they add up to max_env_steps / N env steps (an evaluation, a
-    # checkpoint and the end always end a row), and a periodic evaluation is skipped while the
-    # run has made more than N * (env_steps / max_env_steps) + N / 10 of them
+    # null: a progress.csv row per iteration. N (with max_env_steps): iterations shorter than
+    # max_env_steps / N env steps share one row (an evaluation, a checkpoint and the end always
+    # end a row), so the log's size follows the env-step budget, not the iteration count
     progress_rows: int | None = None
+    # null: an evaluation every `eval_every` iterations. M (with max_env_steps): a periodic
+    # evaluation is skipped while the run has made more than M * (env_steps / max_env_steps) +
+    # M / 10 of them, so a run whose iterations shrink evaluates at most about 1.1 M times
+    max_evals: int | None = None
     normalize_obs: bool = True
     # write the progress rows as TensorBoard event files under RUN/tensorboard/ (needs the
     # tensorboard package: pip install 'odepolicy[tensorboard]')
@@ -98,6 +100,11 @@ class Config:
                 self.progress_rows is None or self.progress_rows >= 1,
                 "progress_rows",
                 "must be at least 1 (or null for a row every iteration)",
+            ),
+            (
+                self.max_evals is None or self.max_evals >= 1,
+                "max_evals",
+                "must be at least 1 (or null for an evaluation every eval_every iterations)",
             ),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
             (

@@ -1,10 +1,12 @@
 """Loggers: what the training loop reports each iteration goes to these objects.
 
-The loop calls `start(trainer)` once, `log(row)` for every progress row (row: the progress
-columns of `rundir.PROGRESS_COLUMNS`, NaN where there was no evaluation; one row per iteration,
-or per span of iterations with `progress_rows`) and `close()` at the end, even after an error.
-A logger may raise to stop the run (the tuner's pruning logger does). The run's own:
-progress.csv (always), TensorBoard event files (`tensorboard: true`) and the progress bar.
+The loop calls `start(trainer)` once, `log(row)` after every iteration (row: the progress
+columns of `rundir.PROGRESS_COLUMNS`, NaN where there was no evaluation, and `checkpoint`: whether
+the iteration's state is saved as the run's latest checkpoint, `rollout_seconds`: its
+population's time), `flush()` before a checkpoint written after a failed iteration, and
+`close()` at the end, even after an error. A logger may raise to stop the run (the tuner's
+pruning logger does). The run's own: progress.csv (always), TensorBoard event files
+(`tensorboard: true`) and the progress bar.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import struct
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from . import OdepolicyError
 from .checkpoint import atomic_write
@@ -40,25 +44,71 @@ class Logger:
     def log(self, row: dict) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class ProgressCSVLogger(Logger):
-    """Each progress row appended to the run folder's progress.csv."""
+    """The run folder's progress.csv: a row per iteration, or with `progress_rows` N (and
+    `max_env_steps`) a row per span of iterations that adds up to max_env_steps / N env steps.
+    An evaluation, a checkpoint and the end always end a row, so a checkpoint never falls inside
+    one and a resumed run logs every iteration once. A row of several iterations holds the
+    counters and evaluation of its last, the mean of their mean returns, their largest return,
+    their failures summed and their env steps over their rollout seconds; a row of one
+    iteration, that iteration's own numbers."""
 
     def __init__(self, run: RunDir):
         self.run = run
         self.writer: ProgressWriter | None = None
+        self.span: list[dict] = []
+        self.row_steps = 0  # a row spans at least this many env steps (0: every iteration)
+        self.start_steps = 0  # env steps before the span
 
     def start(self, trainer) -> None:
+        config = trainer.config
+        if config.progress_rows is not None and config.max_env_steps is not None:
+            self.row_steps = config.max_env_steps // config.progress_rows
+        self.start_steps = trainer.counters.env_steps
         self.writer = self.run.progress.writer()
 
     def log(self, row: dict) -> None:
+        self.span.append(dict(row))
+        evaluated = not math.isnan(row.get("eval_return_mean", math.nan))
+        if (
+            evaluated
+            or row.get("checkpoint", True)
+            or (row["env_steps"] - self.start_steps >= self.row_steps)
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.span or self.writer is None:
+            return
+        span, self.span = self.span, []
+        row = span[-1]
+        if len(span) > 1:
+            means = [r["pert_return_mean"] for r in span if not math.isnan(r["pert_return_mean"])]
+            maxes = [r["pert_return_max"] for r in span if not math.isnan(r["pert_return_max"])]
+            seconds = sum(r["rollout_seconds"] for r in span)
+            row = dict(
+                row,
+                failed=sum(r["failed"] for r in span),
+                pert_return_mean=float(np.mean(means)) if means else math.nan,
+                pert_return_max=max(maxes) if maxes else math.nan,
+                steps_per_second=float((row["env_steps"] - self.start_steps) / max(seconds, 1e-9)),
+            )
+        self.start_steps = row["env_steps"]
         self.writer.write(row)
 
     def close(self) -> None:
         if self.writer is not None:
+            # A run stopped between checkpoints: the iterations it finished (a resumed run cuts
+            # them off again). Only a stopped run has any, so a failed write here is not news.
+            with contextlib.suppress(OdepolicyError):
+                self.flush()
             self.writer.close()
             self.writer = None
 
@@ -185,7 +235,7 @@ class TensorBoardLogger(Logger):
     """Event files under RUN/tensorboard/: every number of a progress row as a scalar
     (TENSORBOARD_TAGS) against env steps, NaN (no evaluation that iteration) left out, and the
     resolved config as text. Written with TensorBoard's own record writer and protos (no torch,
-    no TensorFlow), flushed every row, so `tensorboard --logdir RUN` follows a live run.
+    no TensorFlow), flushed every iteration, so `tensorboard --logdir RUN` follows a live run.
 
     Each session (a run, or a resume) writes a file of its own, named so that sessions sort in
     order. A resumed run first drops what the files hold from its first step on (the iterations

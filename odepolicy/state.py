@@ -68,7 +68,7 @@ class Counters:
     failed_total: int = 0
     target_reached: bool = False  # the last evaluation reached config.target_return
     best_eval: float | None = None  # the best evaluation mean so far (best.npz's centre)
-    evaluations: int = 0  # centre-policy evaluations so far (`progress_rows` limits them)
+    evaluations: int = 0  # centre-policy evaluations so far (`max_evals` limits them)
 
 
 def budget_spent(config, counters) -> bool:

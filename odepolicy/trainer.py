@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from .rollout import RolloutTask
 from .rundir import RunDir, run_name
 from .state import TrainState, budget_spent, eval_seed_base
 
-__all__ = ["Trainer", "Population", "Span", "train", "resume", "budget_warning"]
+__all__ = ["Trainer", "train", "resume", "budget_warning"]
 
 
 class Trainer:
@@ -106,7 +105,7 @@ class Trainer:
             c.best_eval = mean
         return better
 
-    def iterate(self) -> Population:
+    def iterate(self) -> dict:
         """One ES iteration: ask, evaluate the population, merge statistics, tell."""
         spec = self.es.ask()
         t0 = time.perf_counter()
@@ -122,87 +121,68 @@ class Trainer:
         c = self.counters
         c.iteration, c.env_steps = c.iteration + 1, c.env_steps + int(lengths.sum())
         c.episodes, c.failed_total = c.episodes + spec.population, c.failed_total + info["failed"]
-        return Population(returns, lengths, info["failed"], time.perf_counter() - t0)
+        return _population_row(returns, lengths, info["failed"], time.perf_counter() - t0)
 
     def done(self) -> bool:
         return budget_spent(self.config, self.counters)
 
-    def row_steps(self) -> int:
-        """The env steps a progress row spans at least: max_env_steps / progress_rows, or 0 (a
-        row every iteration) without both."""
-        cfg = self.config
-        if cfg.progress_rows is None or cfg.max_env_steps is None:
-            return 0
-        return cfg.max_env_steps // cfg.progress_rows
-
     def evaluation_due(self) -> bool:
         """Whether the iteration just finished evaluates the centre: every `eval_every`
-        iterations and at the end; with `progress_rows` N, a periodic evaluation is skipped while
-        the run has made more than N * (env_steps / max_env_steps) + N / 10 of them, so a run
+        iterations and at the end; with `max_evals` M, a periodic evaluation is skipped while
+        the run has made more than M * (env_steps / max_env_steps) + M / 10 of them, so a run
         whose iterations shrink (a policy that learned to fall at once) evaluates at most about
-        1.1 N times."""
+        1.1 M times."""
         cfg, c = self.config, self.counters
         if self.done():
             return True
         if c.iteration % cfg.eval_every:
             return False
-        if self.row_steps() == 0:
+        if cfg.max_evals is None or cfg.max_env_steps is None:
             return True
-        return c.evaluations < cfg.progress_rows * (c.env_steps / cfg.max_env_steps + 0.1)
+        return c.evaluations < cfg.max_evals * (c.env_steps / cfg.max_env_steps + 0.1)
 
     def train(self) -> dict:
-        """Iterate until the budget is spent; log progress rows, checkpoint as configured.
-
-        A progress row ends at every iteration, or with `progress_rows` once its iterations add
-        up to `row_steps()` env steps, and always at an evaluation, a checkpoint and the end: a
-        checkpoint never falls inside a row, so a resumed run logs every iteration once."""
+        """Iterate until the budget is spent; log every iteration, checkpoint as configured."""
         cfg = self.config
         self.open_backend()
-        span, row_start = Span(), self.counters.env_steps
         try:
             for logger in self.loggers:
                 logger.start(self)
             while not self.done():
                 t_start = time.perf_counter()
                 try:
-                    span.add(self.iterate())
+                    row = self.iterate()
                 except Exception:
-                    if span:  # finished iterations not in a row yet: their row, then their state
-                        self.log(span.row(), math.nan, math.nan)
+                    for logger in self.loggers:  # what they hold back, before the checkpoint
+                        logger.flush()
                     self.save()  # the state of the last finished iteration
                     raise
-                it, c, best = self.counters.iteration, self.counters, False
-                evaluated = self.evaluation_due()
-                if evaluated:
+                it, best = self.counters.iteration, False
+                row.update(eval_return_mean=math.nan, eval_return_std=math.nan)
+                if self.evaluation_due():
                     best = self.evaluate()
-                c.wall_seconds += time.perf_counter() - t_start
+                    row.update(
+                        eval_return_mean=self.last_eval[0], eval_return_std=self.last_eval[1]
+                    )
+                self.counters.wall_seconds += time.perf_counter() - t_start
                 latest = it % cfg.checkpoint_every == 0 or self.done()
-                if evaluated or latest or c.env_steps - row_start >= self.row_steps():
-                    self.log(span.row(), *(self.last_eval if evaluated else (math.nan, math.nan)))
-                    span, row_start = Span(), c.env_steps
+                row.update(
+                    iteration=it,
+                    env_steps=self.counters.env_steps,
+                    episodes=self.counters.episodes,
+                    wall_seconds=round(self.counters.wall_seconds, 3),
+                    manifold_distance=self.policy.layout.max_distance(self.es.center),
+                    worker_restarts=self.backend.counters.get("worker_restarts", 0),
+                    checkpoint=latest,
+                )
+                for logger in self.loggers:
+                    logger.log(row)
                 self.save(best, latest)
         finally:
             for logger in self.loggers:
                 logger.close()
             self.backend.close()
         return self.summary()
-
-    def log(self, row: dict, eval_mean: float, eval_std: float) -> None:
-        """Complete a progress row (the population columns of its span) with the counters now
-        and give it to every logger."""
-        c = self.counters
-        row.update(
-            eval_return_mean=eval_mean,
-            eval_return_std=eval_std,
-            iteration=c.iteration,
-            env_steps=c.env_steps,
-            episodes=c.episodes,
-            wall_seconds=round(c.wall_seconds, 3),
-            manifold_distance=self.policy.layout.max_distance(self.es.center),
-            worker_restarts=self.backend.counters.get("worker_restarts", 0),
-        )
-        for logger in self.loggers:
-            logger.log(row)
 
     def summary(self) -> dict:
         run = None if self.run is None else str(self.run.path)
@@ -211,48 +191,17 @@ class Trainer:
                 "eval_return_mean": mean, "eval_return_std": std}  # fmt: skip
 
 
-@dataclass
-class Population:
-    """What one iteration's population gave: returns and episode lengths in index order, failed
-    perturbations, and the seconds its rollouts took."""
-
-    returns: np.ndarray
-    lengths: np.ndarray
-    failed: int
-    seconds: float
-
-
-class Span:
-    """The iterations of one progress row and their population columns: the mean of the
-    iterations' mean returns, the largest return, failed perturbations summed, and env steps
-    over rollout seconds. A row of one iteration holds that iteration's own numbers."""
-
-    def __init__(self):
-        self.means: list[float] = []
-        self.maxes: list[float] = []
-        self.iterations = self.failed = self.steps = 0
-        self.seconds = 0.0
-
-    def __bool__(self) -> bool:
-        return self.iterations > 0
-
-    def add(self, pop: Population) -> None:
-        finite = pop.returns[np.isfinite(pop.returns)]
-        if len(finite):
-            self.means.append(float(finite.mean()))
-            self.maxes.append(float(finite.max()))
-        self.iterations += 1
-        self.failed += pop.failed
-        self.steps += int(pop.lengths.sum())
-        self.seconds += pop.seconds
-
-    def row(self) -> dict:
-        return {
-            "failed": self.failed,
-            "pert_return_mean": float(np.mean(self.means)) if self.means else math.nan,
-            "pert_return_max": max(self.maxes) if self.maxes else math.nan,
-            "steps_per_second": float(self.steps / max(self.seconds, 1e-9)),
-        }
+def _population_row(returns, lengths, failed: int, seconds: float) -> dict:
+    """The progress columns an iteration's population gives (and its rollout seconds, which
+    a progress row of several iterations needs for its steps per second)."""
+    finite = returns[np.isfinite(returns)]
+    return {
+        "failed": failed,
+        "pert_return_mean": float(finite.mean()) if len(finite) else math.nan,
+        "pert_return_max": float(finite.max()) if len(finite) else math.nan,
+        "steps_per_second": float(lengths.sum() / max(seconds, 1e-9)),
+        "rollout_seconds": seconds,
+    }
 
 
 def _loggers(

@@ -257,6 +257,7 @@ def test_the_committed_comparison_table_is_what_plot_computes_from_the_committed
         ({"tasks": {"t": {"base": "missing.yaml", "budget": 10}}}, "base config 'missing.yaml'"),
         ({"confirm": {"top": 0}}, "confirm.top must be positive"),
         ({"progress_rows": 0}, "'progress_rows' must be a positive integer"),
+        ({"max_evals": -1}, "'max_evals' must be a positive integer"),
     ],
 )
 def test_a_bad_campaign_file_is_one_line_and_exit_2(tmp_path, capsys, change, message):
@@ -282,8 +283,8 @@ def test_the_shipped_campaign_file_is_valid():
     # Only the labelled variant adds something to its family.
     extra = {m: spec.set for m, spec in campaign.methods.items() if spec.set}
     assert extra == {"iso_odetoode_skip": ["policy.kwargs.linear_skip=true"]}
-    # Evaluation runs log and evaluate by their budget: no committed log grows with iterations.
-    assert campaign.spec.progress_rows == 1000
+    # Logs follow the env-step budget (every unit), and so do evaluation runs' evaluations.
+    assert (campaign.spec.progress_rows, campaign.spec.max_evals) == (1000, 1000)
 
 
 def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp_path):
@@ -296,6 +297,7 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
                       "seeds": [7]}
         },
         progress_rows=20,
+        max_evals=30,
     )  # fmt: skip
     assert main(["campaign", "status", str(path)]) == 0
     assert not (tmp_path / "studies").exists()  # status reads; it writes nothing
@@ -305,7 +307,7 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
         run = tmp_path / "results" / "fixed" / method / "s7"
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["seed"] == 7 and config["max_env_steps"] == 600
-        assert config["progress_rows"] == 20  # the campaign's, on its evaluation runs
+        assert (config["progress_rows"], config["max_evals"]) == (20, 30)  # the campaign's
         assert config["es"]["sigma"] == BASE["es"]["sigma"] and config["es"]["top_b"] == 4
         assert config["policy"]["name"] == method
         assert config["policy"]["kwargs"].get("hidden") == hidden
@@ -330,6 +332,17 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
     assert "start evaluate/fixed/iso_odetoode/s7" not in log.split("cannot be read")[-1]
     assert (run / "config.yaml").read_text() == text
     assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
+
+
+def test_progress_rows_reach_every_unit_and_max_evals_only_evaluation_runs(tmp_path):
+    """Tuning scores a run by its last evaluations, so the evaluation limit is for evaluation
+    runs only; merging log rows changes no number, so every trial and run gets it."""
+    from odepolicy.campaign import unit_command
+
+    campaign = load_campaign(_campaign(tmp_path, progress_rows=20, max_evals=30))
+    explore = unit_command(campaign, Unit("explore", "pendulum", "linear"), [])
+    assert "progress_rows=20" in explore and not any("max_evals" in a for a in explore)
+    assert explore[explore.index("progress_rows=20") - 1] == "--set"
 
 
 def test_run_can_be_narrowed_to_named_tasks_and_methods(tmp_path, capsys):

@@ -286,34 +286,29 @@ SHORT = ["--set", "max_env_steps=3000", "--set", "eval_every=2", "--set", "check
 SHORT += ["--set", "keep_checkpoints=null"]
 
 
-def _expected_rows(full: list[dict], n: int, budget: int, eval_every: int, every: int):
-    """From a run's row-per-iteration log, the rows that `progress_rows` n gives, by the rule
-    itself: (iterations, evaluated) of each row."""
-    rows, span, start, evals = [], [], 0, 0
+def _expected_rows(full: list[dict], rows: int, evals: int | None, budget: int = 3000):
+    """From a run's row-per-iteration log, by the rules themselves: (the iterations, evaluated)
+    of each row that `progress_rows` rows and `max_evals` evals give (eval_every 2, checkpoint
+    every 7)."""
+    out, span, start, made = [], [], 0, 0
     for i, r in enumerate(full):
         it, steps, last = int(r["iteration"]), int(r["env_steps"]), i == len(full) - 1
         span.append(r)
-        evaluated = last or (it % eval_every == 0 and evals < n * (steps / budget + 0.1))
-        evals += evaluated
-        if evaluated or last or it % every == 0 or steps - start >= budget // n:
-            rows.append((span, evaluated))
+        evaluated = last or (
+            it % 2 == 0 and (evals is None or made < evals * (steps / budget + 0.1))
+        )
+        made += evaluated
+        if evaluated or it % 7 == 0 or last or steps - start >= budget // rows:
+            out.append((span, evaluated))
             span, start = [], steps
-    return rows
+    return out
 
 
-def test_progress_rows_merge_short_iterations_and_limit_evaluations(tmp_path):
-    """progress_rows N: the log and the evaluations follow the env-step budget. Each row holds
-    its span of iterations (mean of their mean returns, the largest return, failures summed, the
-    counters of its last iteration); evaluations, checkpoints and the end end a row; an
-    evaluation is skipped while the run has made more than N (steps / budget + 0.1); training
-    is untouched, bit for bit."""
-    full = _rows(_train(tmp_path, "full", 100_000, *SHORT))
-    merged_run = _train(tmp_path, "merged", 100_000, *SHORT, "--set", "progress_rows=5")
-    merged = _rows(merged_run)
-    expected = _expected_rows(full, 5, 3000, 2, 7)
-    assert len(merged) == len(expected) and len(merged) <= len(full) // 2
-    evaluated_full = sum(r["eval_return_mean"] != "" for r in full)
-    assert sum(e for _, e in expected) < evaluated_full  # the limit skipped some
+def _check_rows(merged: list[dict], expected: list) -> None:
+    """Each row holds its span: the counters of its last iteration, the mean of the mean
+    returns, the largest return, the failures summed, and an evaluation only where the rule
+    made one (the one the row-per-iteration run made at that iteration)."""
+    assert len(merged) == len(expected)
     for row, (span, evaluated) in zip(merged, expected):
         last = span[-1]
         for key in ("iteration", "env_steps", "episodes"):
@@ -322,41 +317,65 @@ def test_progress_rows_merge_short_iterations_and_limit_evaluations(tmp_path):
         assert float(row["pert_return_mean"]) == float(np.mean(means))
         assert float(row["pert_return_max"]) == max(float(r["pert_return_max"]) for r in span)
         assert int(row["failed"]) == sum(int(r["failed"]) for r in span)
-        # an evaluation the limit keeps is the one the plain run made at that iteration
         want = (last["eval_return_mean"], last["eval_return_std"]) if evaluated else ("", "")
         assert (row["eval_return_mean"], row["eval_return_std"]) == want
-    centres = [
-        read_checkpoint(tmp_path / r / "checkpoints" / "latest.npz") for r in ("full", "merged")
-    ]
-    assert np.array_equal(centres[0][0]["es.center"], centres[1][0]["es.center"])
-    assert centres[1][1]["counters"]["evaluations"] == sum(e for _, e in expected)
+
+
+def _centre(run: Path) -> np.ndarray:
+    return read_checkpoint(run / "checkpoints" / "latest.npz")[0]["es.center"]
+
+
+def test_progress_rows_and_max_evals_follow_the_env_step_budget(tmp_path):
+    """progress_rows N: iterations share a row until they add up to budget / N env steps
+    (an evaluation, a checkpoint and the end end a row); no number changes. max_evals M: an
+    evaluation is skipped while the run has made more than M (steps / budget + 0.1). Training is
+    untouched, bit for bit, and a resumed run logs what an uninterrupted one logs."""
+    full_run = _train(tmp_path, "full", 100_000, *SHORT)
+    full = _rows(full_run)
+    rows_only = _train(tmp_path, "rows", 100_000, *SHORT, "--set", "progress_rows=5")
+    _check_rows(_rows(rows_only), _expected_rows(full, 5, None))
+    evals_full = [r["eval_return_mean"] for r in full if r["eval_return_mean"]]
+    assert [r["eval_return_mean"] for r in _rows(rows_only) if r["eval_return_mean"]] == evals_full
+    assert len(_rows(rows_only)) < len(full)  # rows of two iterations: evaluations every two
+
+    both = _train(tmp_path, "both", 100_000, *SHORT, "--set", "progress_rows=5",
+                  "--set", "max_evals=5")  # fmt: skip
+    merged, expected = _rows(both), _expected_rows(full, 5, 5)
+    _check_rows(merged, expected)
+    made = sum(e for _, e in expected)
+    assert len(merged) <= len(full) // 2
+    assert made < len(evals_full)  # the limit skipped some
+    assert (
+        read_checkpoint(both / "checkpoints" / "latest.npz")[1]["counters"]["evaluations"] == made
+    )
+    for run in (rows_only, both):
+        assert np.array_equal(_centre(run), _centre(full_run))
 
     # Killed after its checkpoint at iteration 7 (rows logged past it), then resumed: the same
     # rows and evaluations as the uninterrupted run, every iteration once; also from a
     # checkpoint written before evaluations were counted (the count is read from the log).
+    drop = ("wall_seconds", "steps_per_second")
     for name, legacy in (("resumed", False), ("legacy", True)):
         run = tmp_path / name
-        shutil.copytree(merged_run, run)
+        shutil.copytree(both, run)
         arrays, meta = read_checkpoint(run / "checkpoints" / "iter_000007.npz")
         if legacy:
             del meta["counters"]["evaluations"]
         save_checkpoint(run / "checkpoints" / "latest.npz", arrays, meta)
         assert _resume(run) == 0
-        again = _rows(run)
-        drop = ("wall_seconds", "steps_per_second")
-        assert [{k: v for k, v in r.items() if k not in drop} for r in again] == [
+        assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(run)] == [
             {k: v for k, v in r.items() if k not in drop} for r in merged
         ]
-        centre = read_checkpoint(run / "checkpoints" / "latest.npz")[0]["es.center"]
-        assert np.array_equal(centre, centres[1][0]["es.center"])
+        assert np.array_equal(_centre(run), _centre(full_run))
 
 
-def test_progress_rows_is_validated(tmp_path, capsys):
-    for value in ("0", "-3"):
-        with pytest.raises(OdepolicyError, match="'progress_rows'.*at least 1"):
-            config_from_dict({}, [f"progress_rows={value}"])
-    assert config_from_dict({}).progress_rows is None
-    assert main(["train", PENDULUM, "--set", "progress_rows=0", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "progress_rows" in err[0]
-    assert not any(tmp_path.iterdir())
+def test_progress_rows_and_max_evals_are_validated(tmp_path, capsys):
+    for key in ("progress_rows", "max_evals"):
+        for value in ("0", "-3"):
+            with pytest.raises(OdepolicyError, match=f"'{key}'.*at least 1"):
+                config_from_dict({}, [f"{key}={value}"])
+        assert getattr(config_from_dict({}), key) is None
+        assert main(["train", PENDULUM, "--set", f"{key}=0", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0]
+        assert not any(tmp_path.iterdir())

@@ -36,10 +36,10 @@ def test_committed_summary_equals_plot_of_committed_runs(runs, table):
 
 
 def test_no_committed_file_is_over_1_mb():
-    """1 MiB per file keeps a clone small, a committed run's own log included: the campaigns'
-    evaluation runs set `progress_rows`, so a run whose iterations shrink to a few env steps (a
-    Walker2d-v5 policy that learned to fall at once) logs and evaluates by its env-step budget,
-    not once per iteration."""
+    """1 MiB per file keeps a clone small, a committed run's own log included: the campaigns
+    set `progress_rows` on every trial and run and `max_evals` on evaluation runs, so a run whose
+    iterations shrink to a few env steps (a Walker2d-v5 policy that learned to fall at once)
+    logs and evaluates by its env-step budget, not once per iteration."""
     files = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split("\0")
