@@ -27,6 +27,7 @@ __all__ = [
     "eval_seed_base",
     "env_meta",
     "budget_spent",
+    "evaluation_due",
 ]
 
 _ES, _NORM = "es.", "norm."
@@ -80,6 +81,22 @@ def budget_spent(config, counters) -> bool:
         or (config.max_env_steps is not None and int(c.get("env_steps", 0)) >= config.max_env_steps)
         or (config.target_return is not None and bool(c.get("target_reached", False)))
     )
+
+
+def evaluation_due(config, counters: Counters) -> bool:
+    """Whether the iteration just finished (the counters after it) evaluates the centre: every
+    `eval_every` iterations and at the end. With `max_evals` M (and `max_env_steps`), a periodic
+    evaluation is skipped while the run has made more than M * (env_steps / max_env_steps) +
+    M / 10 of them, so a run whose iterations shrink (a policy that learned to fall at once)
+    evaluates at most about 1.1 M times."""
+    c = counters
+    if budget_spent(config, c):
+        return True
+    if c.iteration % config.eval_every:
+        return False
+    if config.max_evals is None or config.max_env_steps is None:
+        return True
+    return c.evaluations < config.max_evals * (c.env_steps / config.max_env_steps + 0.1)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .normalizer import ObsNormalizer, RunningStats
 from .policies import policy_for_env
 from .rollout import RolloutTask
 from .rundir import RunDir, run_name
-from .state import TrainState, budget_spent, eval_seed_base
+from .state import TrainState, budget_spent, eval_seed_base, evaluation_due
 
 __all__ = ["Trainer", "train", "resume", "budget_warning"]
 
@@ -126,21 +126,6 @@ class Trainer:
     def done(self) -> bool:
         return budget_spent(self.config, self.counters)
 
-    def evaluation_due(self) -> bool:
-        """Whether the iteration just finished evaluates the centre: every `eval_every`
-        iterations and at the end; with `max_evals` M, a periodic evaluation is skipped while
-        the run has made more than M * (env_steps / max_env_steps) + M / 10 of them, so a run
-        whose iterations shrink (a policy that learned to fall at once) evaluates at most about
-        1.1 M times."""
-        cfg, c = self.config, self.counters
-        if self.done():
-            return True
-        if c.iteration % cfg.eval_every:
-            return False
-        if cfg.max_evals is None or cfg.max_env_steps is None:
-            return True
-        return c.evaluations < cfg.max_evals * (c.env_steps / cfg.max_env_steps + 0.1)
-
     def train(self) -> dict:
         """Iterate until the budget is spent; log every iteration, checkpoint as configured."""
         cfg = self.config
@@ -159,7 +144,7 @@ class Trainer:
                     raise
                 it, best = self.counters.iteration, False
                 row.update(eval_return_mean=math.nan, eval_return_std=math.nan)
-                if self.evaluation_due():
+                if evaluation_due(cfg, self.counters):
                     best = self.evaluate()
                     row.update(
                         eval_return_mean=self.last_eval[0], eval_return_std=self.last_eval[1]
