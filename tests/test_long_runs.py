@@ -379,3 +379,48 @@ def test_progress_rows_and_max_evals_are_validated(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and key in err[0]
         assert not any(tmp_path.iterdir())
+
+
+def test_a_failed_iteration_logs_the_iterations_before_it_then_checkpoints_them(tmp_path):
+    """A backend that fails mid-run (as a Ray cluster that lost every worker does): the
+    iterations progress.csv still held back in a row are written, then their state is saved,
+    so `--resume` logs every iteration once. The failure is injected around the real local
+    backend (MuJoCo rollouts), at iteration 4's population: iteration 3 is in no row yet (rows
+    end at evaluations, every 2, and checkpoints, every 7)."""
+    from odepolicy.config import load_config
+    from odepolicy.rundir import RunDir
+    from odepolicy.trainer import Trainer, _loggers, resume
+
+    class LosesItsWorkers(Trainer):
+        def open_backend(self):
+            backend = super().open_backend()
+            evaluate = backend.evaluate
+
+            def failing(task, indices):
+                if task.noise is not None and self.counters.iteration == 3:
+                    raise OdepolicyError("all Ray rollout workers are gone (injected)")
+                return evaluate(task, indices)
+
+            backend.evaluate = failing
+            return backend
+
+    full_run = _train(tmp_path, "full", 100_000, *SHORT)
+    sets = [s for s in [*TINY, *SHORT] if "=" in s and s != "--quiet"]
+    config = load_config(PENDULUM, [*sets, "iterations=100000", "progress_rows=5"])
+    run = RunDir(tmp_path / "failed")
+    trainer = LosesItsWorkers(config, run, _loggers(config, run, False, None))
+    run.create(config)
+    with pytest.raises(OdepolicyError, match="workers are gone"):
+        trainer.train()
+    rows, full = _rows(run.path), _rows(full_run)
+    assert [r["iteration"] for r in rows] == ["2", "3"]  # iteration 3: its own row
+    assert read_checkpoint(run.latest)[1]["iteration"] == 3
+    assert rows[1]["pert_return_mean"] == full[2]["pert_return_mean"]
+
+    resume(run.path, show_progress=False)
+    rows = _rows(run.path)
+    its = [int(r["iteration"]) for r in rows]
+    assert its == sorted(set(its)) and its[-1] == len(full) and 3 in its
+    evals = [(r["iteration"], r["eval_return_mean"]) for r in rows if r["eval_return_mean"]]
+    assert evals == [(r["iteration"], r["eval_return_mean"]) for r in full if r["eval_return_mean"]]
+    assert np.array_equal(_centre(run.path), _centre(full_run))
