@@ -1172,6 +1172,19 @@ def reading(
             lines.append(f"- {task}: no tuning; every method with the settings of `{t.base}`.")
     seeds = sorted({s for t in campaign.tasks for s in campaign.eval_seeds(t)})
     lines += [f"- Evaluate: the pick at the task's budget on seeds {', '.join(map(str, seeds))}."]
+    if spec.max_evals is not None:
+        lines += [
+            f"- Evaluation runs evaluate the centre every `eval_every` iterations, but at most "
+            f"about {round(1.1 * spec.max_evals):,} times (`max_evals: {spec.max_evals}`: a run "
+            "whose iterations shrink to a few env steps skips some); best return is the best "
+            "of the evaluations made."
+        ]
+    if spec.progress_rows is not None:
+        lines += [
+            f"- Logs: iterations shorter than a {spec.progress_rows:,}th of the budget share a "
+            f"progress.csv row (`progress_rows: {spec.progress_rows}`); evaluations always end "
+            "a row."
+        ]
     lines += ["", "## Progress and compute", ""]
     lines += [
         "| task | stage | units done | units left | core-hours spent | core-hours left (est.) |"

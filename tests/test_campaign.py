@@ -198,6 +198,7 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
         assert f"| InvertedPendulum-v5 | {method} | 1 |" in reading
     assert "| all | | 8 | 0 |" in reading  # units done and left
     assert "**InvertedPendulum-v5** (final). The paper does not report this task." in reading
+    assert "max_evals" not in reading and "progress_rows" not in reading
     assert f"Evaluation runs: 2 runs on {os.cpu_count()} cores of {cpu_name()}." in reading
     assert "## Runs under way" not in reading
     # A run whose budget is raised is under way again: the reading names it and its steps.
@@ -319,6 +320,12 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
         (0, 0),
         (2, 0),
     ]
+
+    # The report states both settings; without them (the tiny campaign above) it says nothing.
+    assert main(["campaign", "report", str(path)]) == 0
+    reading = (tmp_path / "results.md").read_text()
+    assert "at most about 33 times (`max_evals: 30`" in reading
+    assert "a 20th of the budget share a progress.csv row (`progress_rows: 20`)" in reading
 
     # A finished run this version cannot read (here: a key from a newer odepolicy) is never
     # trained again over its files: its unit fails and says why; the other is left alone.
