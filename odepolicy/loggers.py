@@ -150,7 +150,7 @@ class ProgressBarLogger(Logger):
             self.bar.update(min(row["env_steps"], self.bar.total) - self.bar.n)
             postfix = {"it": row["iteration"], **postfix}
         else:
-            self.bar.update(min(row["iteration"], self.bar.total) - self.bar.n)
+            self.bar.update(1)
         self.bar.set_postfix(postfix)
 
     def close(self) -> None:

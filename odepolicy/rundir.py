@@ -300,6 +300,11 @@ class ProgressFile:
         with _writing(self.path.parent, self.path):
             _write_text(self.path, buf.getvalue())
 
+    def evals(self) -> list[float]:
+        """Every centre-policy evaluation logged (the mean returns), in order."""
+        values = [r.get("eval_return_mean") for r in self.read()]
+        return [float(v) for v in values if v not in (None, "") and not math.isnan(float(v))]
+
     def final_eval(self) -> float | None:
         """The last logged centre-policy evaluation return, if any."""
         values = [r.get("eval_return_mean") for r in self.read()]

@@ -277,8 +277,7 @@ def resume(
         c.best_eval = saved
     run.progress.truncate(trainer.counters.iteration)
     if "evaluations" not in meta.get("counters", {}):  # a checkpoint from before the count
-        rows = run.progress.read()
-        c.evaluations = sum(r.get("eval_return_mean") not in (None, "") for r in rows)
+        c.evaluations = len(run.progress.evals())
     if overrides:
         run.write_config(config)
     run.write_meta(config, resumed_from=trainer.counters.iteration)

@@ -214,8 +214,7 @@ class _PruningLogger(Logger):
 
 def logged_evals(run: RunDir) -> list[float]:
     """Every centre-policy evaluation a run logged (progress.csv), in order."""
-    values = [r.get("eval_return_mean") for r in run.progress.read()]
-    return [float(v) for v in values if v not in (None, "") and not math.isnan(float(v))]
+    return run.progress.evals()
 
 
 def run_score(evals: list[float]) -> float:
