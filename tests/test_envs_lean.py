@@ -1,7 +1,7 @@
-"""The lean step of Swimmer, Hopper, HalfCheetah, Walker2d and Humanoid v5
-(`odepolicy.envs.lean`) returns bit for bit what Gymnasium's step returns: observations,
-rewards, terminated and truncated, over the same resets and actions, through falls, resets
-after termination and time limits."""
+"""The lean step of Swimmer, Hopper, HalfCheetah, Walker2d and Humanoid v5, and of dm_control's
+swimmer6 and swimmer15 (`odepolicy.envs.lean`) returns bit for bit what Gymnasium's (or
+Shimmy's) step returns: observations, rewards, terminated and truncated, over the same resets
+and actions, through falls, resets after termination and time limits."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,9 @@ import pytest
 from odepolicy.envs import make_env
 from odepolicy.envs.lean import LEAN_ENV_IDS
 
-TASKS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
+GYM_TASKS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
+DM_SWIMMERS = ("dm_control/swimmer-swimmer6-v0", "dm_control/swimmer-swimmer15-v0")
+TASKS = GYM_TASKS + DM_SWIMMERS
 
 
 def _actions(env, n: int, rng: np.random.Generator, large=True) -> list[np.ndarray]:
@@ -102,7 +104,11 @@ def test_lean_step_only_where_it_is_written():
     env = make_env("InvertedPendulum-v5")
     assert not env.lean
     env.close()
-    env = make_env("Hopper-v5", render_mode="rgb_array")
+    for env_id in ("Hopper-v5", DM_SWIMMERS[0]):
+        env = make_env(env_id, render_mode="rgb_array")
+        assert not env.lean
+        env.close()
+    env = make_env("dm_control/cheetah-run-v0")  # another dm_control task
     assert not env.lean
     env.close()
     # Humanoid with an observation other than the default keeps Gymnasium's step.
@@ -116,7 +122,7 @@ def test_lean_step_only_where_it_is_written():
         gym_env.close()
 
 
-@pytest.mark.parametrize("env_id", TASKS)
+@pytest.mark.parametrize("env_id", GYM_TASKS)
 def test_lean_step_at_fast_states(env_id):
     """From states with joint speeds past the observation clip (Hopper, Walker2d: 10) and past
     Hopper's healthy state range (100), set alike in both environments; the last slides forward
@@ -147,3 +153,82 @@ def test_lean_step_at_fast_states(env_id):
         assert clipped >= 1
     old.close()
     new.close()
+
+
+def _dm_swimmer_parts(env):
+    dm_env = env.gym_env.unwrapped._env
+    return dm_env, dm_env.physics
+
+
+@pytest.mark.parametrize("env_id", DM_SWIMMERS)
+def test_dm_swimmer_lean_step_near_the_target(env_id):
+    """With the target put on the nose (and then a little off it), the reward's in-bounds
+    branch (1.0) and its long tail just outside both run, and agree bit for bit."""
+    old, new = make_env(env_id, lean=False), make_env(env_id)
+    rng = np.random.default_rng(3)
+    rewards = []
+    for episode, offset in enumerate((0.0, 0.15, 0.6)):
+        old.reset(seed=episode)
+        new.reset(seed=episode)
+        for env in (old, new):
+            _, physics = _dm_swimmer_parts(env)
+            nose = physics.named.data.geom_xpos["nose"]
+            physics.named.model.geom_pos["target", "x"] = nose[0] + offset
+            physics.named.model.geom_pos["target", "y"] = nose[1]
+            physics.forward()
+        for action in _actions(old, 40, rng, large=False):
+            out = old.step(action)
+            assert _same(out, new.step(action)), (env_id, episode)
+            rewards.append(out[1])
+    assert 1.0 in rewards and any(0.0 < r < 1.0 for r in rewards)
+    old.close()
+    new.close()
+
+
+@pytest.mark.parametrize("env_id", DM_SWIMMERS)
+def test_dm_swimmer_lean_step_past_dm_controls_own_limit(env_id):
+    """dm_control ends an episode at its own 1000 steps (truncated); a step after that without
+    a reset is dm_control's reset (reward 0, the first observation), through Shimmy's path."""
+    old = make_env(env_id, max_episode_steps=1003, lean=False)
+    new = make_env(env_id, max_episode_steps=1003)
+    old.reset(seed=4)
+    new.reset(seed=4)
+    rng = np.random.default_rng(4)
+    truncated_at = []
+    for t, action in enumerate(_actions(old, 1003, rng)):
+        out = old.step(action)
+        assert _same(out, new.step(action)), (env_id, t)
+        if out[3]:
+            truncated_at.append(t)
+    assert truncated_at == [999, 1002]  # dm_control's limit, then TimeLimit's
+    old.close()
+    new.close()
+
+
+def test_dm_swimmer_reward_is_dm_controls_tolerance():
+    """The lean step's long-tail reward against `rewards.tolerance` itself, on distances across
+    the bound, far past the margin, and at the edges (0, the bound, NaN)."""
+    from dm_control.utils import rewards
+
+    env = make_env(DM_SWIMMERS[0])
+    _, physics = _dm_swimmer_parts(env)
+    upper = physics.named.model.geom_size["target", 0]
+    rng = np.random.default_rng(5)
+    distances = np.concatenate(
+        (
+            rng.uniform(0.0, 2.0 * upper, 4000),
+            rng.uniform(0.0, 50.0, 4000),
+            np.exp(rng.uniform(-40.0, 40.0, 2000)),
+            [0.0, upper, np.nextafter(upper, 1.0), np.nextafter(upper, 0.0), np.inf, np.nan],
+        )
+    )
+    from odepolicy.envs import lean
+
+    reward_of = lean._long_tail_reward
+    for x in distances:
+        x = np.linalg.norm(np.array([x, 0.0]))  # a float64 from a norm, as in the step
+        want = rewards.tolerance(x, bounds=(0, upper), margin=5 * upper, sigmoid="long_tail")
+        got = reward_of(x, upper)
+        assert type(got) is float
+        assert np.array_equal(np.float64(got).view(np.int64), np.float64(want).view(np.int64)), x
+    env.close()

@@ -123,10 +123,11 @@ class EnvSpec:
 class Env:
     """A thin wrapper: flat float64 observations, `reset(seed)` and `step(action)`.
 
-    Gymnasium's Swimmer, Hopper, HalfCheetah, Walker2d and Humanoid v5 (built by `make_env`,
-    no render mode) step through a lean step (`odepolicy.envs.lean`) that returns bit for bit
-    what Gymnasium's step returns, with less Python around MuJoCo; `lean=False` keeps
-    Gymnasium's step for them too. `lean` says which one this environment uses."""
+    Gymnasium's Swimmer, Hopper, HalfCheetah, Walker2d and Humanoid v5 and dm_control's
+    swimmer6 and swimmer15 (built by `make_env`, no render mode) step through a lean step
+    (`odepolicy.envs.lean`) that returns bit for bit what Gymnasium's (Shimmy's) step returns,
+    with less Python around MuJoCo; `lean=False` keeps Gymnasium's step for them too. `lean`
+    says which one this environment uses."""
 
     def __init__(self, env, env_id: str, obs_keys: tuple[str, ...], lean: bool = True):
         self.gym_env = env

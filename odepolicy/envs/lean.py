@@ -1,5 +1,5 @@
 """Lean `Env.step` for Gymnasium's v5 locomotion tasks Swimmer, Hopper, HalfCheetah, Walker2d
-and Humanoid.
+and Humanoid, and for the DeepMind Control Suite's swimmer (swimmer6, swimmer15).
 
 Gymnasium's step of these tasks spends about as long in Python as MuJoCo spends stepping: the
 TimeLimit and OrderEnforcing wrappers, the info dict, the `dt` property (read three times),
@@ -30,8 +30,21 @@ Bit for bit the same as Gymnasium's path (tests/test_envs_lean.py compares them)
 
 The info dict is not built (`Env.step` drops it). A lean step is used only for exactly
 TimeLimit(OrderEnforcing(<the task's own class>)) with `render_mode` None (`lean_step_for`
-returns None otherwise, and `Env` keeps Gymnasium's path): rendering and video, dm_control and
-every other task step as before.
+returns None otherwise, and `Env` keeps Gymnasium's path): rendering and video and every other
+task step as before.
+
+dm_control's swimmer through Shimmy (`_dm_swimmer`) spends about 40% of a step outside MuJoCo:
+Shimmy's conversions and info dict, dm_control's `TimeStep`, and `physics.named` lookups by
+name (four per step, each a few microseconds). Its lean step still steps the physics through
+dm_control's own `physics.step(n_sub_steps)` (the legacy mj_step2 / mj_step / mj_step1 split
+and the check that raises `PhysicsError` on a diverged state), sets the control as
+`before_step` does (`np.copyto`), and counts steps as `control.Environment` and TimeLimit do;
+the observation and reward are the task's `get_observation` and `get_reward` with the names
+resolved once: the same arrays indexed the same way, the same `dot`, `np.linalg.norm`, and
+`rewards.tolerance`'s long-tail arithmetic on the same numpy scalar types in the same order
+(tests/test_envs_lean.py also checks it against `tolerance` itself on a sweep of distances).
+A step that dm_control would turn into a reset (after its own time limit) goes through
+Shimmy's path.
 """
 
 from __future__ import annotations
@@ -47,7 +60,16 @@ import mujoco  # noqa: E402
 
 __all__ = ["LEAN_ENV_IDS", "lean_step_for"]
 
-LEAN_ENV_IDS = ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Humanoid-v5")
+LEAN_ENV_IDS = (
+    "Swimmer-v5",
+    "Hopper-v5",
+    "HalfCheetah-v5",
+    "Walker2d-v5",
+    "Humanoid-v5",
+    "dm_control/swimmer-swimmer6-v0",
+    "dm_control/swimmer-swimmer15-v0",
+)
+_DM_SWIMMER_IDS = LEAN_ENV_IDS[5:]
 
 StepFn = Callable[[object], tuple[np.ndarray, float, bool, bool]]
 
@@ -88,6 +110,8 @@ def lean_step_for(gym_env, env_id: str) -> StepFn | None:
     if type(gym_env) is not TimeLimit or type(gym_env.env) is not OrderEnforcing:
         return None
     task = gym_env.env.env
+    if env_id in _DM_SWIMMER_IDS:
+        return _dm_swimmer(task, gym_env)
     cls, build = _task_classes()[env_id]
     if type(task) is not cls or task.render_mode is not None:
         return None
@@ -327,5 +351,112 @@ def _humanoid(task, limit) -> StepFn | None:
 
         truncated = _count_step(limit)
         return observation, float(reward), bool(terminated), truncated
+
+    return step
+
+
+# -- dm_control's swimmer, through Shimmy -----------------------------------------------------
+_VALUE_AT_MARGIN = 0.1  # dm_control's rewards._DEFAULT_VALUE_AT_MARGIN (checked when built)
+# _sigmoids' long tail: scale = np.sqrt(1/value_at_1 - 1), a numpy float64 as there
+_LONG_TAIL_SCALE = np.sqrt(1 / _VALUE_AT_MARGIN - 1)
+_f64 = np.float64
+
+
+def _long_tail_reward(x, upper) -> float:
+    """`rewards.tolerance(x, bounds=(0, upper), margin=5 * upper, sigmoid='long_tail')` for the
+    float64 scalars x (a norm) and upper (a geom size): the same operations on the same numpy
+    scalar types (`5 * upper`, `x - upper`, the division, `** 2`, `+ 1`, `1 / ...`), without
+    the 0-d arrays `np.where` makes; a NaN x gives NaN, as there."""
+    margin = 5 * upper
+    if 0 <= x and x <= upper:  # in_bounds
+        return 1.0
+    # d = np.where(x < lower, lower - x, x - upper) / margin
+    d = _f64(0 - x if x < 0 else x - upper) / margin
+    return float(1 / ((d * _LONG_TAIL_SCALE) ** 2 + 1))
+
+
+def _dm_swimmer(shimmy_env, limit) -> StepFn | None:
+    """The swimmer's step of dm_control through Shimmy (module doc), for the suite's own
+    `control.Environment` of the swimmer task with its dict observation, no reward colours and
+    no render mode; None otherwise."""
+    from dm_control.rl import control
+    from dm_control.suite import swimmer
+    from dm_control.utils import rewards
+    from shimmy.dm_control_compatibility import DmControlCompatibilityV0
+
+    if type(shimmy_env) is not DmControlCompatibilityV0 or shimmy_env.render_mode is not None:
+        return None
+    dm_env = shimmy_env._env
+    if type(dm_env) is not control.Environment or dm_env._flat_observation:
+        return None
+    task, physics = dm_env.task, dm_env.physics
+    if type(task) is not swimmer.Swimmer or type(physics) is not swimmer.Physics:
+        return None
+    if task.visualize_reward:  # after_step would recolour the model from the reward
+        return None
+    keys = tuple(sorted(shimmy_env.observation_space.spaces))
+    if keys != ("body_velocities", "joints", "to_target"):  # `Env` concatenates in this order
+        return None
+    if rewards._DEFAULT_VALUE_AT_MARGIN != _VALUE_AT_MARGIN:  # the tail written below
+        return None
+    n_sub_steps = dm_env._n_sub_steps
+    model = physics.model
+    target = model.name2id("target", "geom")
+    nose = model.name2id("nose", "geom")
+    head = model.name2id("head", "body")
+    bound: dict = {}
+
+    def bind() -> dict:
+        data = physics.data
+        sensors = data.sensordata
+        # body_velocities: sensordata[12:].reshape((-1, 6))[:, [0, 1, 5]].ravel(), as indices
+        rows = np.arange(len(sensors[12:]) // 6)
+        velocity = (12 + 6 * rows[:, None] + np.array([0, 1, 5])).ravel()
+        bound.update(
+            data=data,
+            ctrl=data.ctrl,
+            qpos=data.qpos,
+            sensors=sensors,
+            velocity=velocity,
+            geom_xpos=data.geom_xpos,
+            xmat=data.xmat,
+            geom_size=model.geom_size,
+        )
+        return bound
+
+    bind()
+    copyto = np.copyto
+    norm = np.linalg.norm
+
+    def step(action):
+        if dm_env._reset_next_step or dm_env._physics is not physics:
+            # dm_control resets instead of stepping (its time limit was reached): Shimmy's path
+            obs, reward, terminated, truncated, _ = limit.step(action)
+            flat = _concatenate([np.asarray(obs[k], dtype=np.float64).ravel() for k in keys])
+            return flat, float(reward), bool(terminated), bool(truncated)  # as `Env.step`
+        b = bound if physics.data is bound["data"] else bind()
+        # before_step: `continuous_actions` of legacy action objects, then set_control
+        copyto(b["ctrl"], getattr(action, "continuous_actions", action))
+        physics.step(n_sub_steps)
+        # after_step recolours nothing (visualize_reward is off)
+
+        # nose_to_target: (geom_xpos[target] - geom_xpos[nose]).dot(xmat[head] as 3 x 3)[:2]
+        geom_xpos = b["geom_xpos"]
+        to_target = (geom_xpos[target] - geom_xpos[nose]).dot(b["xmat"][head].reshape(3, 3))[:2]
+
+        # get_reward: rewards.tolerance(norm, bounds=(0, size), margin=5 * size, 'long_tail')
+        reward = _long_tail_reward(norm(to_target), b["geom_size"][target, 0])
+
+        # get_observation, keys in sorted order: body_velocities, joints (qpos[3:]), to_target
+        observation = _concatenate((b["sensors"][b["velocity"]], b["qpos"][3:], to_target))
+
+        # control.Environment's step count and limit (discount 1.0: Shimmy's truncation), then
+        # TimeLimit's; the swimmer never terminates (get_termination is None)
+        dm_env._step_count += 1
+        truncated = dm_env._step_count >= dm_env._step_limit
+        if truncated:
+            dm_env._reset_next_step = True
+        truncated = _count_step(limit) or truncated
+        return observation, reward, False, truncated
 
     return step
