@@ -442,7 +442,7 @@ def _warn_budget(config) -> None:
 
 def _train_config(args):
     """The config of `train`: a file, or the preset of (--env, --policy), plus overrides."""
-    from .config import config_from_dict, find_preset, load_config
+    from .config import config_from_dict, find_campaign_pick, find_preset, load_config
 
     named = [f"env={args.env}"] if args.env else []
     named += [f"policy.name={args.policy}"] if args.policy else []
@@ -454,8 +454,16 @@ def _train_config(args):
         )
     preset = find_preset(args.env, args.policy)
     if preset is None:
+        pick = find_campaign_pick(args.env, args.policy)
+        hint = (
+            ""
+            if pick is None
+            else f" (the comparison campaign's pick for the pair, below the presets' bar or not "
+            f"yet confirmed, is a config: odepolicy train {pick})"
+        )
         print(
-            f"odepolicy: no preset for {args.env} with {args.policy}; using the library defaults",
+            f"odepolicy: no preset for {args.env} with {args.policy}; using the library "
+            f"defaults{hint}",
             file=sys.stderr,
         )
         return config_from_dict({}, named + args.overrides)

@@ -299,3 +299,17 @@ def find_preset(env: str, policy: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def find_campaign_pick(env: str, policy: str) -> Path | None:
+    """For a pair with no preset: the comparison campaign's pick of the same policy on the same
+    task, `experiments/comparison/studies/<task>/<policy>/pick.yaml` beside a presets folder
+    (a pick that missed the presets' bar, or whose task is not confirmed yet), or None."""
+    for root in preset_dirs():
+        for pick in sorted((root.parent / "comparison" / "studies").glob(f"*/{policy}/pick.yaml")):
+            try:
+                if read_yaml(pick).get("env") == env:
+                    return pick
+            except (OdepolicyError, OSError):
+                continue  # not a config this hint can read: no hint from it
+    return None

@@ -53,6 +53,27 @@ def test_train_env_policy_without_preset_falls_back_to_defaults(tmp_path, capsys
     assert config.es.sigma == 0.1  # the library default
 
 
+def test_train_without_preset_names_the_campaigns_pick(tmp_path, capsys):
+    """Swimmer-v5's gated-ODEtoODE pick missed the presets' bar: no preset, but the message
+    names the pick's config, which a user can train from as it is."""
+    pick = ROOT / "experiments/comparison/studies/Swimmer-v5/gated_odetoode/pick.yaml"
+    assert pick.is_file()
+    assert not (ROOT / "experiments/presets/Swimmer-v5/gated_odetoode.yaml").exists()
+    sets = [a for s in TINY for a in ("--set", s)]
+    args = ["train", "--env", "Swimmer-v5", "--policy", "gated_odetoode", "--out", str(tmp_path)]
+    assert main([*args, "--name", "g", *sets, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "no preset for Swimmer-v5 with gated_odetoode; using the library defaults" in err
+    assert "odepolicy train " in err and err.rstrip().endswith(
+        "comparison/studies/Swimmer-v5/gated_odetoode/pick.yaml)"
+    )
+    assert RunDir(tmp_path / "g").read_config().es.sigma == 0.1  # still the library default
+    from odepolicy.config import find_campaign_pick
+
+    assert find_campaign_pick("Swimmer-v5", "gated_odetoode").resolve() == pick.resolve()
+    assert find_campaign_pick("Reacher-v5", "gated_odetoode") is None  # no campaign task
+
+
 def test_train_needs_a_config_or_a_pair(capsys):
     assert main(["train", "--env", "Hopper-v5"]) == 2
     assert "--env and --policy" in capsys.readouterr().err
