@@ -72,6 +72,11 @@ class Config:
     # M / 10 of them, so a run whose iterations shrink evaluates at most about 1.1 M times
     max_evals: int | None = None
     normalize_obs: bool = True
+    # false: each direction's antithetic pair has its own start state. true: every episode of
+    # an iteration starts from one start state, for tasks whose start states differ more than
+    # the policies do (dm_control swimmer places its target at random: returns of 10 to 1000
+    # for the same policy), so that directions are ranked on the same episode
+    shared_start: bool = False
     # write the progress rows as TensorBoard event files under RUN/tensorboard/ (needs the
     # tensorboard package: pip install 'odepolicy[tensorboard]')
     tensorboard: bool = False
@@ -118,6 +123,11 @@ class Config:
                 f"must be one of {', '.join(BACKENDS)}",
             ),
             (self.backend.workers >= 1, "backend.workers", "must be at least 1"),
+            (
+                self.physics != "warp" or not self.shared_start,
+                "shared_start",
+                "is not available with physics: warp (its worlds draw a start state per direction)",
+            ),
             (
                 self.physics != "warp" or self.backend.name == "local",
                 "backend.name",

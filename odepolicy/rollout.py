@@ -227,6 +227,7 @@ class RolloutTask:
     obs_std: np.ndarray | None = None
     eval_seed: int = 0
     obs_clip: float | None = None
+    shared_start: bool = False  # every perturbation starts from direction 0's start state
 
 
 @dataclass
@@ -276,7 +277,10 @@ class RolloutWorker:
         if task.noise is not None:
             thetas = perturbed_params(task.noise, task.center, indices)
             seeds = [
-                episode_seed(task.noise.iteration_seed, task.noise.direction_of(k)[0])
+                episode_seed(
+                    task.noise.iteration_seed,
+                    0 if task.shared_start else task.noise.direction_of(k)[0],
+                )
                 for k in indices
             ]
         else:

@@ -85,8 +85,9 @@ class Trainer:
     def _task(self, noise=None) -> RolloutTask:
         mean, std = self.state.normalizer.mean_std()
         clip = self.state.normalizer.active_clip
-        seed = eval_seed_base(self.config)
-        return RolloutTask(self.es.center, self.config.horizon, noise, mean, std, seed, clip)
+        c = self.config
+        seed = eval_seed_base(c)
+        return RolloutTask(self.es.center, c.horizon, noise, mean, std, seed, clip, c.shared_start)
 
     def evaluate_center(self) -> np.ndarray:
         results = self.backend.evaluate(self._task(), list(range(self.config.eval_episodes)))

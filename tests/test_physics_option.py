@@ -30,6 +30,12 @@ def test_warp_needs_the_local_backend():
         config_from_dict({"physics": "warp", "backend": {"name": "ray"}})
 
 
+def test_shared_start_is_refused_with_warp():
+    assert config_from_dict({"shared_start": True}).shared_start is True
+    with pytest.raises(OdepolicyError, match="'shared_start' is not available with physics: warp"):
+        config_from_dict({"physics": "warp", "shared_start": True})
+
+
 def test_unsupported_env_with_warp_is_a_one_line_error(tmp_path, capsys):
     code = main(
         ["train", "--env", "Ant-v5", "--policy", "linear", "--set", "physics=warp",

@@ -124,3 +124,20 @@ def test_lockstep_shrinks_for_policies_whose_rows_do_not_fit_in_cache():
     assert lockstep_for(small) == LOCKSTEP_MAX == 64
     mid = make_policy("deepnet", 17, 6, hidden=64)
     assert 1 < lockstep_for(mid) < LOCKSTEP_MAX
+
+
+def test_shared_start_gives_every_direction_the_same_start_state():
+    """With `shared_start`, every perturbation of an iteration is reset like direction 0's pair:
+    at a perturbation scale too small to move Hopper's actions, all returns agree, while the
+    default start states (one per direction, reset noise included) give different returns; the
+    pairs of direction 0 are the same episode either way."""
+    worker = RolloutWorker("Hopper-v5", {"name": "linear"})
+    center = worker.policy.init(np.random.default_rng(0)) + 0.1
+    noise = NoiseSpec(iteration_seed=5, num_params=len(center), directions=4, sigma=1e-12)
+    own = worker.run(RolloutTask(center, 30, noise), range(noise.population))
+    shared = worker.run(RolloutTask(center, 30, noise, shared_start=True), range(8))
+    own_returns = [r.ret for r in own]
+    shared_returns = [r.ret for r in shared]
+    assert np.ptp(shared_returns) < 1e-6
+    assert np.ptp(own_returns) > 1e-3
+    assert shared_returns[:2] == own_returns[:2]  # direction 0: its own seed either way
