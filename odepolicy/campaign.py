@@ -438,8 +438,12 @@ def write_fixed_pick(campaign: Campaign, task: str, method: str) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file of this process and thread: the
+    campaign's workers are threads, and two finishing a method's last confirm runs at once
+    both write its pick (the same text; with one temporary file between them, one `os.replace`
+    found it gone and its worker died before logging `done`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -697,6 +701,8 @@ class Runner:
                 continue
             try:
                 self.execute(unit)
+            except Exception as exc:  # a bug, not the unit's failure: say so, keep working
+                self._fail(unit, OdepolicyError(f"{type(exc).__name__}: {exc}"))
             finally:
                 with self.lock:
                     self.busy[unit.name] -= 1

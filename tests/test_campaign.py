@@ -540,3 +540,31 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
     finally:
         module.PAPER_CLAIMS.clear()
         module.PAPER_CLAIMS.update(original)
+
+
+def test_atomic_writes_from_two_threads_of_one_process(tmp_path):
+    """Two campaign workers (threads of one process) finishing a method's last confirm runs at
+    once both write its pick.yaml: neither write may fail, and the file is always whole."""
+    import threading
+
+    from odepolicy.campaign import _write_atomic
+
+    path = tmp_path / "pick.yaml"
+    texts = ["a: 1\n" * 2000, "a: 2\n" * 2000]
+    errors = []
+
+    def writer(text):
+        try:
+            for _ in range(300):
+                _write_atomic(path, text)
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever went wrong
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_text() in texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pick.yaml"]  # no temporary left
