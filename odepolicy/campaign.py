@@ -1176,6 +1176,20 @@ def reading(
     for task, t in campaign.tasks.items():
         if not t.tune:
             lines.append(f"- {task}: no tuning; every method with the settings of `{t.base}`.")
+    if tuned:
+        bases = ", ".join(f"{t} `{campaign.tasks[t].base}`" for t in tuned)
+        lines.append(
+            f"- Base configs (a task's fixed settings, the same for every method): {bases}."
+        )
+    shared = [
+        t for t, s in campaign.tasks.items() if config_from_dict(read_yaml(s.base)).shared_start
+    ]
+    if shared:
+        lines.append(
+            f"- {', '.join(shared)}: every episode of an ES iteration starts from one start "
+            "state (`shared_start: true`), so that directions are ranked on the same episode "
+            "(the task's start states differ more than its policies do)."
+        )
     seeds = sorted({s for t in campaign.tasks for s in campaign.eval_seeds(t)})
     lines += [f"- Evaluate: the pick at the task's budget on seeds {', '.join(map(str, seeds))}."]
     if spec.max_evals is not None:

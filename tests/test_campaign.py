@@ -326,6 +326,16 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
     reading = (tmp_path / "results.md").read_text()
     assert "at most about 33 times (`max_evals: 30`" in reading
     assert "a 20th of the budget share a progress.csv row (`progress_rows: 20`)" in reading
+    assert "shared_start" not in reading  # no task of this campaign sets it
+    (tmp_path / "shared.yaml").write_text(yaml.safe_dump({**BASE, "shared_start": True}))
+    fixed = {"base": str(tmp_path / "shared.yaml"), "budget": 600, "tune": False, "seeds": [7]}
+    # (the same runs, reported under a base config that sets it)
+    other = _campaign(tmp_path / "other", tasks={"fixed": fixed}, results=str(tmp_path / "results"))
+    assert main(["campaign", "report", str(other)]) == 0
+    assert (
+        "- fixed: every episode of an ES iteration starts from one start state "
+        in (tmp_path / "results.md").read_text()
+    )
 
     # A finished run this version cannot read (here: a key from a newer odepolicy) is never
     # trained again over its files: its unit fails and says why; the other is left alone.
