@@ -107,6 +107,14 @@ def known_env_ids() -> list[str]:
     return sorted(gym.registry)
 
 
+def flatten_obs(obs, keys: tuple[str, ...]) -> np.ndarray:
+    """A float64 vector: a Dict observation's values concatenated in `keys` order, or an array
+    observation flattened."""
+    if isinstance(obs, dict):
+        return np.concatenate([np.asarray(obs[k], dtype=np.float64).ravel() for k in keys])
+    return np.asarray(obs, dtype=np.float64).ravel()
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """What a policy and a checkpoint need to know about an environment."""
@@ -152,11 +160,7 @@ class Env:
         return self._lean_step is not None
 
     def _flatten(self, obs) -> np.ndarray:
-        if isinstance(obs, dict):
-            return np.concatenate(
-                [np.asarray(obs[k], dtype=np.float64).ravel() for k in self.obs_keys]
-            )
-        return np.asarray(obs, dtype=np.float64).ravel()
+        return flatten_obs(obs, self.obs_keys)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.gym_env.reset(seed=seed)

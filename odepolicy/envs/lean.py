@@ -53,7 +53,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import _import_gym
+from . import _import_gym, flatten_obs
 
 _import_gym()  # MuJoCo's GL backend is chosen (and its known notices quieted) before its import
 import mujoco  # noqa: E402
@@ -432,8 +432,7 @@ def _dm_swimmer(shimmy_env, limit) -> StepFn | None:
         if dm_env._reset_next_step or dm_env._physics is not physics:
             # dm_control resets instead of stepping (its time limit was reached): Shimmy's path
             obs, reward, terminated, truncated, _ = limit.step(action)
-            flat = _concatenate([np.asarray(obs[k], dtype=np.float64).ravel() for k in keys])
-            return flat, float(reward), bool(terminated), bool(truncated)  # as `Env.step`
+            return flatten_obs(obs, keys), float(reward), bool(terminated), bool(truncated)
         b = bound if physics.data is bound["data"] else bind()
         # before_step: `continuous_actions` of legacy action objects, then set_control
         copyto(b["ctrl"], getattr(action, "continuous_actions", action))
