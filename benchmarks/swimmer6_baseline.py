@@ -6,7 +6,8 @@
 The task puts its target at random each episode, so the same policy returns from about 10 to
 1000 by where the target lands. This prints the zero action's returns over reset seeds 0..N-1
 (their spread is why experiments/comparison/base/swimmer6.yaml sets `shared_start`), and its
-mean return on the evaluation episodes of runs with seeds 0, 1, 2 and 100-102 (the seeds
+mean return on the evaluation episodes of runs (`evaluate.zero_action_return`, the figures
+`odepolicy campaign report` holds each run against) with seeds 0, 1, 2 and 100-102 (the seeds
 `eval_seed_base` gives them: what a method that learned nothing scores on that run).
 """
 
@@ -17,20 +18,11 @@ import argparse
 import numpy as np
 
 from odepolicy.config import config_from_dict
-from odepolicy.envs import make_env
+from odepolicy.evaluate import zero_action_return
 from odepolicy.state import eval_seed_base
 
 ENV = "dm_control/swimmer-swimmer6-v0"
-
-
-def zero_return(env, seed: int) -> float:
-    env.reset(seed=seed)
-    total, action = 0.0, np.zeros(env.act_dim)
-    while True:
-        _, reward, terminated, truncated = env.step(action)
-        total += reward
-        if terminated or truncated:
-            return total
+HORIZON = 1000  # the suite's episode length, the comparison's horizon
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,8 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=40, help="reset seeds 0..N-1 (40)")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes a run (10)")
     args = parser.parse_args(argv)
-    env = make_env(ENV)
-    returns = np.array([zero_return(env, s) for s in range(args.seeds)])
+    returns = np.array([zero_action_return(ENV, s, 1, HORIZON) for s in range(args.seeds)])
     print(
         f"zero action over reset seeds 0..{args.seeds - 1}: median {np.median(returns):.1f}, "
         f"mean {returns.mean():.1f}, min {returns.min():.1f}, max {returns.max():.1f}"
@@ -48,9 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|")
     for seed in (0, 1, 2, 100, 101, 102):
         base = eval_seed_base(config_from_dict({"env": ENV, "seed": seed}))
-        mean = np.mean([zero_return(env, base + k) for k in range(args.episodes)])
-        print(f"| {seed} | {mean:.1f} |")
-    env.close()
+        print(f"| {seed} | {zero_action_return(ENV, base, args.episodes, HORIZON):.1f} |")
 
 
 if __name__ == "__main__":

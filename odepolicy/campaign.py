@@ -999,7 +999,8 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
     """The comparison figure and table from the evaluation runs, made exactly as `odepolicy
     plot <results>` makes them (every run with an evaluation; an unfinished one shows in the
     env-steps column): `<results>.png` (and .pdf) and `<results>_summary.csv` / `.md`; and
-    `<results>.md` (`reading`): protocol, compute, the table and the paper's claim per task."""
+    `<results>.md` (`reading`): protocol, compute, the table, each run against the zero action
+    on its own evaluation episodes (`zero_action_rows`) and the paper's claim per task."""
     from .plotting import find_runs, load_run, plot_runs, summary_table, write_table
 
     runs = [load_run(p) for p in find_runs([campaign.results])] if campaign.results.is_dir() else []
@@ -1016,11 +1017,80 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
     _, md_path = write_table(table, stem)
     finished = Counter((r.task, r.method) for r in runs if states[r.path] == "finished")
     under_way = [r.path for r in runs if states[r.path] != "finished"]
-    text = reading(campaign, table, finished, status_rows(campaign), [r.path for r in runs])
+    zero = zero_action_rows(runs)
+    paths = [r.path for r in runs]
+    text = reading(campaign, table, finished, status_rows(campaign), paths, zero)
     if under_way:
         text += _under_way(campaign, under_way)
     _write_atomic(stem.with_suffix(".md"), text)
     return png, md_path
+
+
+def zero_action_rows(runs) -> list[dict]:
+    """Per evaluation run: its task, method, seed, final return and what the zero action (no
+    policy) scores on the run's own evaluation episodes (its env, evaluation seeds, episode
+    count and horizon, from its config.yaml). Runs that share those episodes share one
+    computation; the whole comparison's cost a few seconds of stepping."""
+    from .evaluate import zero_action_return
+    from .state import eval_seed_base
+
+    cache, rows = {}, []
+    for run in runs:
+        config = RunDir(run.path).read_config()
+        key = (config.env, eval_seed_base(config), config.eval_episodes, config.horizon)
+        if key not in cache:
+            cache[key] = zero_action_return(*key)
+        final = float(run.returns[-1])
+        rows.append(
+            {"task": run.task, "method": run.method, "seed": run.seed, "final": final,
+             "zero": cache[key]}
+        )  # fmt: skip
+    return rows
+
+
+def _below_zero(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """method -> (seeds whose final return beats the zero action's, seeds), for the methods
+    that do not beat it on every seed."""
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        c = counts.setdefault(r["method"], [0, 0])
+        c[0] += r["final"] > r["zero"]
+        c[1] += 1
+    return {m: (a, n) for m, (a, n) in counts.items() if a < n}
+
+
+def _zero_section(zero: list[dict]) -> list[str]:
+    """The report's section on the zero action: per task, its return on each evaluation
+    seed's episodes, and each method's final return minus it (mean over seeds) with the
+    number of seeds on which the method ends above it."""
+    lines = [
+        "## Against the zero action",
+        "",
+        "A method has learned something only where it ends above the zero action (no policy) "
+        "on the same evaluation episodes. A run's evaluation episodes are fixed by its seed and "
+        "are the same for every method; where start states differ widely (swimmer6 puts its "
+        "target at random) the zero action's return differs more from seed to seed than some "
+        "methods' do, so each run is held against the zero action on its own episodes. Gain: "
+        "a run's final return minus the zero action's on its episodes, mean over seeds, and in "
+        "brackets the seeds on which the run ends above it.",
+        "",
+        "| task | zero action's return (seed) | gain of each method (seeds above it / seeds) |",
+        "|---|---|---|",
+    ]
+    for task in dict.fromkeys(r["task"] for r in zero):
+        rows = [r for r in zero if r["task"] == task]
+        seeds = {r["seed"]: r["zero"] for r in rows}
+        per_seed = ", ".join(f"{z:.1f} (s{s})" for s, z in sorted(seeds.items()))
+        gains = {}
+        for r in rows:
+            gains.setdefault(r["method"], []).append(r["final"] - r["zero"])
+        order = sorted(gains, key=lambda m: -float(np.mean(gains[m])))
+        cells = ", ".join(
+            f"{m} {float(np.mean(gains[m])):+.1f} ({sum(g > 0 for g in gains[m])}/{len(gains[m])})"
+            for m in order
+        )
+        lines.append(f"| {task} | {per_seed} | {cells} |")
+    return lines + [""]
 
 
 # "Ode to an ODE", Sec. 5.1.3 and Fig. 2 (../shared/ANCHORS.md): what the paper says of each of
@@ -1047,7 +1117,9 @@ NO_LEARNING = 1 / 3  # of ARS's threshold: under it, a method "does not learn" t
 ODE_TO_ODE = ("iso_odetoode", "gated_odetoode")  # the paper's ODEtoODE, without additions
 
 
-def _claim_paragraph(task: str, rows: list[dict], finished: Counter, campaign: Campaign) -> str:
+def _claim_paragraph(
+    task: str, rows: list[dict], finished: Counter, campaign: Campaign, zero=()
+) -> str:
     """One task's paragraph: the paper's claim, the measured order, and a verdict that says
     'provisional' until every method of the campaign has all its evaluation runs finished."""
     rows = sorted(rows, key=lambda r: r["rank"])
@@ -1101,6 +1173,13 @@ def _claim_paragraph(task: str, rows: list[dict], finished: Counter, campaign: C
             else f"{r['method']} ends at {final:.1f}, past a third of ARS's threshold "
             f"({bar:.0f}): it learns here{so_far}, which the paper says it does not."
         )
+    below = _below_zero([z for z in zero if z["task"] == task])
+    if below:
+        lines.append(
+            "Not above the zero action on every seed's evaluation episodes: "
+            + ", ".join(f"{m} ({a} of {n} seeds above it)" for m, (a, n) in below.items())
+            + "."
+        )
     return " ".join(lines)
 
 
@@ -1143,6 +1222,7 @@ def reading(
     finished: Counter,
     status: list[dict],
     run_paths=(),
+    zero=(),
 ) -> str:
     """`<results>.md`: the protocol, compute, the table and the paper's claim task by task."""
     from .plotting import table_markdown
@@ -1234,6 +1314,10 @@ def reading(
         "",
         table_markdown(table).rstrip("\n"),
         "",
+    ]
+    if zero:
+        lines += _zero_section(list(zero))
+    lines += [
         "## The paper's claim, task by task",
         "",
         "ODEtoODE here is the better of ISO- and gated-ODEtoODE as the paper defines them; "
@@ -1243,7 +1327,7 @@ def reading(
     ]
     for task in dict.fromkeys(r["task"] for r in table):
         rows = [r for r in table if r["task"] == task]
-        lines += [_claim_paragraph(task, rows, finished, campaign), ""]
+        lines += [_claim_paragraph(task, rows, finished, campaign, zero), ""]
     return "\n".join(lines)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "NoisyEnv",
     "agent_camera",
     "summarize",
+    "zero_action_return",
 ]
 
 # Mixed with an episode's seed to seed its noise, so noise draws never coincide with the
@@ -558,3 +559,20 @@ def record_video(
         "height": settings.height,
         "returns": returns,
     }
+
+
+def zero_action_return(env_id: str, eval_seed: int, episodes: int, horizon: int) -> float:
+    """The zero action's mean return on evaluation episodes `eval_seed + k`, k < `episodes`
+    (up to `horizon` steps each): what a policy that learned nothing scores on a run's own
+    evaluation episodes. It is the linear policy with every parameter zero, run through the
+    trainer's evaluation path (`RolloutWorker`), so its episodes are the run's bit for bit."""
+    from .rollout import RolloutWorker
+
+    worker = RolloutWorker(env_id, {"name": "linear"})
+    try:
+        theta = np.zeros(worker.policy.num_params)
+        task = RolloutTask(theta, int(horizon), eval_seed=int(eval_seed))
+        results = worker.run(task, range(int(episodes)))
+    finally:
+        worker.close()
+    return float(np.mean([r.ret for r in results]))

@@ -327,6 +327,23 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
     assert "at most about 33 times (`max_evals: 30`" in reading
     assert "a 20th of the budget share a progress.csv row (`progress_rows: 20`)" in reading
     assert "shared_start" not in reading  # no task of this campaign sets it
+    # Each run against the zero action on its own evaluation episodes (seed 7's: stepped here
+    # with zeros), its gain its last evaluation minus that.
+    from odepolicy.envs import make_env
+    from odepolicy.state import eval_seed_base
+
+    env = make_env(BASE["env"])
+    env.reset(seed=eval_seed_base(load_config(tmp_path / "results/fixed/linear/s7/config.yaml")))
+    zero, t, done = 0.0, 0, False
+    while not done and t < BASE["horizon"]:
+        _, reward, terminated, truncated = env.step(np.zeros(env.act_dim))
+        zero, t, done = zero + reward, t + 1, terminated or truncated
+    section = reading.split("## Against the zero action")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| InvertedPendulum"))
+    assert f"| {zero:.1f} (s7) |" in row
+    for method in ("linear", "iso_odetoode"):
+        final = RunDir(tmp_path / "results" / "fixed" / method / "s7").progress.final_eval()
+        assert f"{method} {final - zero:+.1f} ({int(final > zero)}/1)" in row
     (tmp_path / "shared.yaml").write_text(yaml.safe_dump({**BASE, "shared_start": True}))
     fixed = {"base": str(tmp_path / "shared.yaml"), "budget": 600, "tune": False, "seeds": [7]}
     # (the same runs, reported under a base config that sets it)
@@ -547,6 +564,16 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
             rows[2] = _row(env, "deepnet", 3, final, threshold=300.0)
             text = _claim_paragraph(env, rows, done, campaign)
             assert text.endswith("the claim holds here. " + says), text
+        # runs not above the zero action on their own episodes are named, with their count
+        zero = [
+            {"task": env, "method": "deepnet", "seed": s, "final": f, "zero": z}
+            for s, f, z in ((100, 5.0, 6.0), (101, 7.0, 6.0), (102, 6.0, 6.0))
+        ] + [{"task": env, "method": "iso_odetoode", "seed": 100, "final": 7.0, "zero": 6.0}]
+        text = _claim_paragraph(env, rows, done, campaign, zero)
+        assert text.endswith(
+            "Not above the zero action on every seed's evaluation episodes: deepnet (1 of 3 "
+            "seeds above it)."
+        ), text
     finally:
         module.PAPER_CLAIMS.clear()
         module.PAPER_CLAIMS.update(original)

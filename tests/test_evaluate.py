@@ -245,3 +245,33 @@ def test_object_array_checkpoint_is_refused_and_left_untouched(tmp_path, capsys)
         assert main(["evaluate", str(cut)]) == 2
         err = capsys.readouterr().err
         assert "damaged or truncated (not an .npz archive)" in err and "pickled" not in err
+
+
+@pytest.mark.parametrize(
+    "env_id, seed, episodes, horizon",
+    [("Hopper-v5", 1_100_000, 3, 1000), ("Hopper-v5", 5, 2, 30),
+     ("dm_control/swimmer-swimmer6-v0", 1_100_000, 2, 1000)],
+)  # fmt: skip
+def test_zero_action_return_is_the_mean_return_of_zero_actions_on_those_episodes(
+    env_id, seed, episodes, horizon
+):
+    """The campaign report's baseline: the zero policy run through the trainer's evaluation
+    path equals stepping the environment with zeros, episode `seed + k`, up to `horizon`."""
+    from odepolicy.envs import make_env
+    from odepolicy.evaluate import zero_action_return
+
+    env = make_env(env_id)
+    returns = []
+    for k in range(episodes):
+        env.reset(seed=seed + k)
+        total, t, done = 0.0, 0, False
+        while not done and t < horizon:
+            _, reward, terminated, truncated = env.step(np.zeros(env.act_dim))
+            total, t, done = total + reward, t + 1, terminated or truncated
+        returns.append(total)
+    env.close()
+    assert zero_action_return(env_id, seed, episodes, horizon) == pytest.approx(
+        np.mean(returns), abs=1e-9
+    )
+    if horizon == 30:  # the horizon cuts the episodes (a zero-action Hopper stands longer)
+        assert zero_action_return(env_id, seed, episodes, 1000) > np.mean(returns) + 50
