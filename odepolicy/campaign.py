@@ -117,6 +117,12 @@ class TaskSpec:
     # (plus its own `set`), as when one fixed protocol is the comparison (Humanoid).
     tune: bool = True
     seeds: list[int] = field(default_factory=list)  # evaluation seeds (default: evaluate.seeds)
+    # Only these of the campaign's methods run the task, each with its own overrides (method
+    # key -> list of key=value), as Humanoid's paper sizes; empty: every method, as listed.
+    methods: dict = field(default_factory=dict)
+    # Iterations between checkpoints of this task's units (null: the campaign's), for a task
+    # whose iterations are long (Humanoid's late ones are minutes each).
+    checkpoint_every: int | None = None
 
 
 @dataclass
@@ -199,6 +205,19 @@ def load_campaign(path: str | Path) -> Campaign:
             if t.budget < 1:
                 raise OdepolicyError(f"tasks.{key}.budget must be a positive number of env steps")
             t.base = str(_find(t.base, path.parent))
+            for method, sets in t.methods.items():
+                if sets is not None and not isinstance(sets, list):
+                    raise OdepolicyError(
+                        f"tasks.{key}.methods.{method} must be a list of key=value overrides"
+                    )
+                if method not in methods:
+                    raise OdepolicyError(
+                        f"tasks.{key}.methods: {method!r} is not one of the campaign's methods "
+                        f"({', '.join(methods)})"
+                    )
+                t.methods[method] = _sets(sets or [], f"tasks.{key}.methods.{method}")
+            if t.checkpoint_every is not None and t.checkpoint_every < 1:
+                raise OdepolicyError(f"tasks.{key}.checkpoint_every must be a positive integer")
         ex, co, ev = spec.explore, spec.confirm, spec.evaluate
         if ex.trials < 1 or ex.budget < 1:
             raise OdepolicyError("explore.trials and explore.budget must be positive")
@@ -217,7 +236,7 @@ def load_campaign(path: str | Path) -> Campaign:
             seeds = campaign.eval_seeds(task)
             if len(set(seeds)) != len(seeds):
                 raise OdepolicyError(f"tasks.{task}.seeds must be distinct")
-            for method in methods:
+            for method in campaign.task_methods(task):
                 seed = campaign.base_config(task, method).seed
                 if t.tune and (seed in co.seeds or seed in seeds or set(co.seeds) & set(seeds)):
                     raise OdepolicyError(
@@ -242,7 +261,12 @@ class Campaign:
     def method_sets(self, task: str, method: str) -> list[str]:
         """The overrides that make the task's base config this method (as tune's --set)."""
         m, t = self.methods[method], self.tasks[task]
-        return [f"policy.name={m.policy}", *m.set, *t.set]
+        return [f"policy.name={m.policy}", *m.set, *t.set, *t.methods.get(method, [])]
+
+    def task_methods(self, task: str) -> list[str]:
+        """The methods that run a task, in the file's order of `methods`."""
+        only = self.tasks[task].methods
+        return [m for m in self.methods if not only or m in only]
 
     def eval_seeds(self, task: str) -> list[int]:
         return list(self.tasks[task].seeds or self.spec.evaluate.seeds)
@@ -492,6 +516,8 @@ class Unit:
 def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[Unit] | None:
     """The units of a stage for (task, method) with their order; None while the stage before
     has not finished (their list is not known yet)."""
+    if method not in campaign.task_methods(task):
+        return []
     if not campaign.tasks[task].tune:  # evaluation only, with the base config's settings
         if stage != "evaluate":
             return []
@@ -541,7 +567,8 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
     """The `odepolicy tune` or `odepolicy train` command line that does a unit's work."""
     cli = [sys.executable, "-m", "odepolicy.cli"]
     task = campaign.tasks[unit.task]
-    keep = [f"checkpoint_every={campaign.spec.checkpoint_every}"]
+    every = task.checkpoint_every or campaign.spec.checkpoint_every
+    keep = [f"checkpoint_every={every}"]
     if campaign.spec.progress_rows is not None:
         keep.append(f"progress_rows={campaign.spec.progress_rows}")
     if unit.stage == "explore":
@@ -659,7 +686,7 @@ class Runner:
             (t, m, s)
             for t in c.tasks
             if t in self.tasks
-            for m in c.methods
+            for m in c.task_methods(t)
             if m in self.methods
             for s in STAGES
             if s in self.stages
@@ -861,7 +888,7 @@ def status_rows(campaign: Campaign) -> list[dict]:
             row = {"task": task, "stage": stage, "done": 0, "left": 0, "spent_s": 0.0}
             row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
             row["started"] = []  # started, unfinished units, one line each
-            for method in c.methods:
+            for method in c.task_methods(task):
                 units = stage_units(c, task, method, stage)
                 if stage == "explore" and c.tasks[task].tune:
                     study = _study(c, task, method)
@@ -1127,16 +1154,17 @@ def _claim_paragraph(
         f"{r['rank']}. {r['method']} {r['final_return_mean']:.1f} ± {r['final_return_std']:.1f}"
         for r in rows
     )
-    method = next(iter(campaign.methods))
-    keys = {campaign.base_config(k, method).env: k for k in campaign.tasks}  # env id -> task
+    keys = {  # env id -> task
+        campaign.base_config(k, campaign.task_methods(k)[0]).env: k for k in campaign.tasks
+    }
     key = keys.get(task, task if task in campaign.tasks else None)
     seeds = len(campaign.eval_seeds(key)) if key else len(campaign.spec.evaluate.seeds)
-    complete = [m for m in campaign.methods if finished[(task, m)] >= seeds]
+    methods = campaign.task_methods(key) if key else list(campaign.methods)
+    complete = [m for m in methods if finished[(task, m)] >= seeds]
     status = (
         "final"
-        if len(complete) == len(campaign.methods)
-        and {r["method"] for r in rows} >= set(campaign.methods)
-        else f"provisional: {len(complete)} of {len(campaign.methods)} methods have all "
+        if len(complete) == len(methods) and {r["method"] for r in rows} >= set(methods)
+        else f"provisional: {len(complete)} of {len(methods)} methods have all "
         f"{seeds} evaluation runs finished"
     )
     claim = PAPER_CLAIMS.get(task)
@@ -1254,8 +1282,18 @@ def reading(
             "tuning seed and these.",
         ]
     for task, t in campaign.tasks.items():
+        if t.methods:
+            only = ", ".join(
+                f"{m} ({', '.join(t.methods[m])})" if t.methods[m] else m
+                for m in campaign.task_methods(task)
+            )
+            lines.append(f"- {task}: only {only}.")
         if not t.tune:
-            lines.append(f"- {task}: no tuning; every method with the settings of `{t.base}`.")
+            seeds = ", ".join(map(str, campaign.eval_seeds(task)))
+            lines.append(
+                f"- {task}: no tuning; every method with the settings of `{t.base}`, "
+                f"evaluated on seeds {seeds}."
+            )
     if tuned:
         bases = ", ".join(f"{t} `{campaign.tasks[t].base}`" for t in tuned)
         lines.append(
@@ -1270,8 +1308,11 @@ def reading(
             "state (`shared_start: true`), so that directions are ranked on the same episode "
             "(the task's start states differ more than its policies do)."
         )
-    seeds = sorted({s for t in campaign.tasks for s in campaign.eval_seeds(t)})
-    lines += [f"- Evaluate: the pick at the task's budget on seeds {', '.join(map(str, seeds))}."]
+    seeds = sorted({s for t in tuned for s in campaign.eval_seeds(t)})
+    if seeds:
+        lines += [
+            f"- Evaluate: the pick at the task's budget on seeds {', '.join(map(str, seeds))}."
+        ]
     if spec.max_evals is not None:
         lines += [
             f"- Evaluation runs evaluate the centre every `eval_every` iterations, but at most "

@@ -280,8 +280,12 @@ def test_the_shipped_campaign_file_is_valid():
         "HalfCheetah-v5": 3_000_000,
         "Walker2d-v5": 5_000_000,
         "swimmer6": 1_000_000,
+        "Humanoid-v5": 10_000_000,  # three methods (its own test, below)
     }
-    # Only the labelled variant adds something to its family.
+    # Every method runs every task but Humanoid (the paper's three there) with the task's
+    # settings alone; only the labelled variant adds something to its family.
+    for task, spec in campaign.tasks.items():
+        assert spec.set == [] and (task == "Humanoid-v5" or spec.methods == {})
     extra = {m: spec.set for m, spec in campaign.methods.items() if spec.set}
     assert extra == {"iso_odetoode_skip": ["policy.kwargs.linear_skip=true"]}
     # Logs follow the env-step budget (every unit), and so do evaluation runs' evaluations.
@@ -476,23 +480,26 @@ def test_a_campaign_on_a_ray_cluster_gives_the_numbers_of_a_local_one(tmp_path):
         head.wait(timeout=60)
 
 
-def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
+def test_the_shipped_humanoid_task_is_one_fixed_protocol():
     """ARS's Humanoid V2-t settings translated (es.lr = 2 sigma alpha), one for every method;
-    the paper's sizes; seeds no other unit uses; runs beside the comparison's."""
+    the paper's three methods at its sizes; seeds no other unit uses; one checkpoint an
+    iteration."""
     from odepolicy.envs import env_spec
     from odepolicy.policies.sizing import count_params
 
-    humanoid = load_campaign(ROOT / "experiments" / "humanoid.yaml")
     comparison = load_campaign(ROOT / "experiments" / "comparison.yaml")
-    assert humanoid.spec.results == comparison.spec.results
-    (task,) = humanoid.tasks
-    fixed = humanoid.tasks[task]
-    assert task == "Humanoid-v5" and not fixed.tune and fixed.budget == 10_000_000
+    task = "Humanoid-v5"
+    fixed = comparison.tasks[task]
+    assert not fixed.tune and fixed.budget == 10_000_000 and fixed.checkpoint_every == 1
+    assert comparison.task_methods(task) == ["iso_odetoode", "deepnet", "linear"]
     used = {0, *comparison.spec.confirm.seeds, *comparison.spec.evaluate.seeds}
+    for other, spec in comparison.tasks.items():
+        if other != task:
+            used |= {*spec.seeds, comparison.base_config(other, "linear").seed}
     assert len(fixed.seeds) == 2 and not used & set(fixed.seeds)
     sizes = {}
-    for method in ("iso_odetoode", "deepnet", "linear"):
-        config = humanoid.base_config(task, method)
+    for method in comparison.task_methods(task):
+        config = comparison.base_config(task, method)
         es = config.es
         assert (es.sigma, es.directions, es.top_b, es.reward_shift) == (0.0075, 230, 230, 5.0)
         assert es.lr == pytest.approx(2 * 0.0075 * 0.02) and config.normalize_obs
@@ -501,11 +508,45 @@ def test_the_shipped_humanoid_campaign_is_one_fixed_protocol():
         sizes[method] = count_params(config.policy.name, s.obs_dim, s.act_dim, **kwargs)
     # ISO-ODEtoODE's scale knob is the comparison's Walker2d-v5 pick's, the others keep theirs.
     pick = load_config(comparison.pick_file("Walker2d-v5", "iso_odetoode"))
-    iso = humanoid.base_config(task, "iso_odetoode").policy.kwargs
+    iso = comparison.base_config(task, "iso_odetoode").policy.kwargs
     assert iso["output_scale"] == pick.policy.kwargs["output_scale"] and iso["hidden"] == 64
     h, s = 64, env_spec(task)  # Stiefel in (h x obs) and out (act x h), bias, W0, Q and N
     assert sizes["iso_odetoode"] == h * s.obs_dim + s.act_dim * h + h + 3 * h * h == 35712
     assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
+    assert comparison.base_config(task, "linear").policy.kwargs == {}
+
+
+def test_a_task_runs_only_its_methods_with_their_own_overrides(tmp_path, capsys):
+    """`tasks.<t>.methods`: only those methods run the task, each with its overrides on top of
+    the method's; `tasks.<t>.checkpoint_every` replaces the campaign's for its units."""
+    fixed = {"base": str(tmp_path / "base.yaml"), "budget": 300, "tune": False, "seeds": [7]}
+    only = {**fixed, "methods": {"iso_odetoode": ["policy.kwargs.hidden=3"]},
+            "checkpoint_every": 3}  # fmt: skip
+    path = _campaign(tmp_path, tasks={"every": fixed, "only": only})
+    campaign = load_campaign(path)
+    assert campaign.task_methods("only") == ["iso_odetoode"]
+    assert campaign.task_methods("every") == ["iso_odetoode", "linear"]  # the file's order
+    rows = {(r["task"], r["stage"]): r for r in status_rows(campaign)}
+    assert (rows["only", "evaluate"]["left"], rows["every", "evaluate"]["left"]) == (1, 2)
+    assert main(["campaign", "run", str(path), "--quiet"]) == 0
+    assert not (tmp_path / "results" / "only" / "linear").exists()
+    for task, hidden, every in (("only", 3, 3), ("every", 4, 1)):
+        config = yaml.safe_load(
+            (tmp_path / f"results/{task}/iso_odetoode/s7/config.yaml").read_text()
+        )
+        assert (config["policy"]["kwargs"]["hidden"], config["checkpoint_every"]) == (hidden, every)
+    assert main(["campaign", "report", str(path)]) == 0
+    reading = (tmp_path / "results.md").read_text()
+    assert "- only: only iso_odetoode (policy.kwargs.hidden=3)." in reading
+    for methods, message in [
+        ({"deepnet": []}, "tasks.only.methods: 'deepnet' is not one of the campaign's methods"),
+        ({"linear": "seed=3"}, "tasks.only.methods.linear must be a list of key=value"),
+        ({"linear": ["seed"]}, "tasks.only.methods.linear: entry 'seed' is not key=value"),
+    ]:
+        bad = _campaign(tmp_path / "bad", tasks={"only": {**fixed, "methods": methods}})
+        capsys.readouterr()
+        assert main(["campaign", "status", str(bad)]) == 2
+        assert message in capsys.readouterr().err
 
 
 def _row(task, method, rank, final, threshold=""):
