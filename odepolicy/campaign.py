@@ -951,7 +951,20 @@ def status_rows(campaign: Campaign) -> list[dict]:
         else:
             r = rate(runs[task]) if runs[task] else explore_rate[task] * factor
             row["left_s"] = row["left_steps"] * r if row["left_steps"] else 0.0
+        # No unit of the task measured yet: its rate is the other tasks' (Humanoid's physics
+        # is several times theirs), which the status and the report mark.
+        row["borrowed"] = bool(row["left_s"]) and not (measured[task] or runs[task])
     return rows
+
+
+BORROWED = (
+    "* no unit of this task has run yet: its estimate uses the other tasks' mean rate per env "
+    "step, and a task with slower physics (Humanoid) will cost more"
+)
+
+
+def _left(row: dict) -> str:
+    return _hours(row["left_s"]) + ("*" if row.get("borrowed") else "")
 
 
 def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
@@ -986,8 +999,7 @@ def print_status(campaign: Campaign) -> list[dict]:
     rows = status_rows(campaign)
     head = ["task", "stage", "done", "left", "core-h spent", "core-h left (est.)"]
     table = [
-        [r["task"], r["stage"], str(r["done"]), str(r["left"]), _hours(r["spent_s"]),
-         _hours(r["left_s"])]
+        [r["task"], r["stage"], str(r["done"]), str(r["left"]), _hours(r["spent_s"]), _left(r)]
         for r in rows
     ]  # fmt: skip
     spent = sum(r["spent_s"] for r in rows)
@@ -1009,6 +1021,8 @@ def print_status(campaign: Campaign) -> list[dict]:
         "uses each task's measured seconds per env step (per trial for explore), with rates "
         "from studies run elsewhere scaled by this campaign's measured runs."
     )
+    if any(r["borrowed"] for r in rows):
+        print(BORROWED)
     return rows
 
 
@@ -1334,7 +1348,7 @@ def reading(
     for r in status:
         lines.append(
             f"| {r['task']} | {r['stage']} | {r['done']} | {r['left']} | "
-            f"{_hours(r['spent_s'])} | {_hours(r['left_s'])} |"
+            f"{_hours(r['spent_s'])} | {_left(r)} |"
         )
     spent = sum(r["spent_s"] for r in status)
     left = sum(r["left_s"] for r in status)
@@ -1344,6 +1358,7 @@ def reading(
         "",
         "Core-hours count one core per process, on the machines the units ran on; the estimate "
         "left uses the rates measured so far."
+        + (f" ({BORROWED}.)" if any(r.get("borrowed") for r in status) else "")
         + (f" Evaluation runs: {_machines(run_paths)}." if run_paths else ""),
         "",
         "## Results",

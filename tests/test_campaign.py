@@ -407,7 +407,7 @@ def test_run_can_be_narrowed_to_named_tasks_and_methods(tmp_path, capsys):
     assert len(list((tmp_path / "results").glob("*/*/s7"))) == 4
 
 
-def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path):
+def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path, capsys):
     """After the explore stage alone (`--stage explore`): the confirm and evaluate units are
     not known yet, so status counts the protocol's units (2 methods x 2 trials x 1 seed; 2 x 1
     seed) and prices their env steps at the studies' measured seconds per env step."""
@@ -430,6 +430,21 @@ def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path):
     assert rows["confirm"]["left_s"] == pytest.approx(4 * 1500 * seconds / steps, rel=1e-9)
     assert (rows["evaluate"]["done"], rows["evaluate"]["left"]) == (0, 2)
     assert rows["evaluate"]["left_s"] == pytest.approx(2 * 2500 * seconds / steps, rel=1e-9)
+    assert not any(r["borrowed"] for r in rows.values())  # the task's own rates
+
+    # A task none of whose units has run borrows the others' rate, and says so (marked *).
+    fixed = {"base": str(tmp_path / "base.yaml"), "budget": 900, "tune": False, "seeds": [7]}
+    tasks = {**yaml.safe_load(path.read_text())["tasks"], "later": fixed}
+    more = _campaign(tmp_path, tasks=tasks)
+    rows = [r for r in status_rows(load_campaign(more)) if r["task"] == "later"]
+    later = {r["stage"]: r for r in rows}["evaluate"]
+    assert later["borrowed"] and later["left_s"] == pytest.approx(
+        2 * 900 * seconds / steps, rel=1e-9
+    )
+    assert main(["campaign", "status", str(more)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"later +evaluate +0 +2 +0\.00 +[0-9.]+\*", out)
+    assert "* no unit of this task has run yet" in out
 
 
 def _free_port() -> int:
