@@ -74,8 +74,8 @@ def campaign_rows(campaign) -> list[dict]:
     from odepolicy.campaign import pick
 
     rows = []
-    order = list(campaign.methods)
     for task, spec in campaign.tasks.items():
+        order = campaign.task_methods(task)
         if not spec.tune or not all(campaign.pick_file(task, m).is_file() for m in order):
             continue  # pick.yaml is written once a method's confirm runs have all finished
         picks = {m: pick(campaign, task, m) for m in order}
