@@ -44,7 +44,39 @@ def cpuinfo() -> tuple[str | None, set[str]]:
     return model, flags
 
 
+def _widen_numba_vectors() -> None:
+    """Let numba's LLVM use 512-bit vectors on CPUs where they do not slow the clock, before
+    numba is loaded.
+
+    LLVM's tuning for AVX-512 CPUs keeps auto-vectorised loops at 256 bits (on Skylake-SP and
+    Cascade Lake, 512-bit arithmetic lowers the clock for everything around it). Our kernels'
+    vector loops run across independent elements (each product's column j, each row of a
+    mat-vec) and nothing is compiled with fastmath, so every lane rounds as scalar code would
+    and the width changes no bit (tests/test_kernels.py compares both). With 512 bits the
+    matrix flow of ISO-ODEtoODE at h = 64 (`prepare`, once per rollout) took 5.4 ms instead of
+    7.0 on an Emerald Rapids core (benchmarks/es_throughput.md). Only on x86-64 Linux CPUs
+    with AVX512-VBMI2 (Intel since Ice Lake, AMD since Zen 4), where 512-bit vectors keep the
+    clock; never over a NUMBA_CPU_NAME / NUMBA_CPU_FEATURES the user set, nor with
+    ODEPOLICY_NUMBA_VECTORS=256, nor once numba is loaded (import odepolicy first)."""
+    env = os.environ
+    if "numba" in sys.modules or env.get("ODEPOLICY_NUMBA_VECTORS") == "256":
+        return
+    if "NUMBA_CPU_NAME" in env or "NUMBA_CPU_FEATURES" in env:
+        return
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return
+    flags = cpuinfo()[1]
+    if not {"avx512f", "avx512_vbmi2"} <= flags:
+        return
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features().flatten()
+    env["NUMBA_CPU_NAME"] = llvm.get_host_cpu_name()
+    env["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+
+
 _pin_blas_kernels()
+_widen_numba_vectors()
 
 
 class OdepolicyError(Exception):

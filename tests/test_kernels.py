@@ -375,3 +375,73 @@ def test_cuda_path_matches_cpu_kernels(name):
     for P in (1, 7, 64):
         thetas, obs = _population(pol, rng, P), rng.standard_normal((P, OBS))
         _assert_close(gpu.act(thetas, obs), pol.act(thetas, obs), 1e-10)
+
+
+_DIGESTS = """
+import hashlib, json, os, sys
+import numpy as np
+import odepolicy
+from odepolicy import _rollout_kernels as rk
+from odepolicy.policies import POLICIES, make_policy
+
+kwargs = json.loads(sys.argv[1])
+out = {"features": os.environ.get("NUMBA_CPU_FEATURES", "")}
+for name in sorted(POLICIES):
+    sizes = [kwargs[name]] + ([{**kwargs[name], "hidden": 64}] if kwargs[name] else [])
+    for kw in sizes:
+        pol = make_policy(name, 17, 6, **kw)
+        rng = np.random.default_rng(5)
+        thetas = np.stack([pol.init(rng) for _ in range(9)])
+        thetas += 0.3 * rng.standard_normal(thetas.shape)
+        prepared = pol.prepare(thetas)
+        h = hashlib.sha256()
+        for key in sorted(prepared):
+            h.update(np.ascontiguousarray(prepared[key]).tobytes())
+        for _ in range(3):
+            h.update(pol.step(prepared, 2.0 * rng.standard_normal((9, 17))).tobytes())
+        out[f"{name}/{kw.get('hidden')}"] = h.hexdigest()
+cur, mean, std = np.random.default_rng(6).standard_normal((3, 11, 45))
+std = np.abs(std) + 0.1
+s, ss, z = np.zeros_like(cur), np.zeros_like(cur), np.empty_like(cur)
+rk.observe(cur, mean[0], std[0], 5.0, s, ss, z)
+out["observe"] = hashlib.sha256(z.tobytes() + s.tobytes() + ss.tobytes()).hexdigest()
+from numba import njit
+
+
+@njit
+def axpy(a, x, y):  # compiled here, not cached, so its machine code can be read
+    for j in range(y.shape[0]):
+        y[j] += a * x[j]
+
+
+axpy(2.0, np.ones(64), np.ones(64))
+out["zmm"] = "zmm" in next(iter(axpy.inspect_asm().values()))
+print(json.dumps(out))
+"""
+
+
+def test_512_bit_vectors_change_no_bit():
+    """`odepolicy._widen_numba_vectors` lets LLVM use 512-bit vectors where the CPU has them
+    without a clock penalty; every family's prepare and step (default sizes and h = 64) and the
+    rollout's observation kernel give the same bytes with it and without it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from odepolicy import cpuinfo
+
+    if not {"avx512f", "avx512_vbmi2"} <= cpuinfo()[1]:
+        pytest.skip("this CPU keeps numba's default vector width (no AVX512-VBMI2)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    runs = {}
+    for width in ("512", "256"):
+        env["ODEPOLICY_NUMBA_VECTORS"] = width
+        args = [sys.executable, "-c", _DIGESTS, json.dumps(KWARGS)]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        runs[width] = json.loads(done.stdout)
+    assert runs["512"].pop("features").endswith(",-prefer-256-bit")
+    assert runs["256"].pop("features") == ""
+    assert (runs["512"].pop("zmm"), runs["256"].pop("zmm")) == (True, False)  # 512-bit registers
+    assert runs["512"] == runs["256"]
