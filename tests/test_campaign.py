@@ -370,6 +370,12 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
     assert "start evaluate/fixed/iso_odetoode/s7" not in log.split("cannot be read")[-1]
     assert (run / "config.yaml").read_text() == text
     assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
+    # The report still runs: that run stays in the table (its progress.csv reads) but has no
+    # zero-action row, as its config cannot be read.
+    assert main(["campaign", "report", str(path)]) == 0
+    section = (tmp_path / "results.md").read_text().split("## Against the zero action")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| InvertedPendulum"))
+    assert "iso_odetoode" in row and "linear" not in row
 
 
 def test_progress_rows_reach_every_unit_and_max_evals_only_evaluation_runs(tmp_path):
