@@ -1053,12 +1053,12 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
         if states[run.path] != "finished":
             print(f"odepolicy: note: {run.path} is not finished", file=sys.stderr)
     stem = campaign.results.parent / campaign.results.name
-    png, _ = plot_runs(runs, stem.with_suffix(".png"))
+    zero = zero_action_rows(runs)
+    png, _ = plot_runs(runs, stem.with_suffix(".png"), references=zero_references(zero))
     table = summary_table(runs)
     _, md_path = write_table(table, stem)
     finished = Counter((r.task, r.method) for r in runs if states[r.path] == "finished")
     under_way = [r.path for r in runs if states[r.path] != "finished"]
-    zero = zero_action_rows(runs)
     paths = [r.path for r in runs]
     text = reading(campaign, table, finished, status_rows(campaign), paths, zero)
     if under_way:
@@ -1091,6 +1091,19 @@ def zero_action_rows(runs) -> list[dict]:
              "zero": cache[key]}
         )  # fmt: skip
     return rows
+
+
+def zero_references(zero: list[dict]) -> dict[str, list[tuple[float, str]]]:
+    """The figure's reference line on each task without an ARS threshold (where nothing else
+    says what learning is): the zero action's return, mean over the evaluation seeds."""
+    from .plotting import ARS_THRESHOLDS
+
+    references = {}
+    for task in dict.fromkeys(r["task"] for r in zero if r["task"] not in ARS_THRESHOLDS):
+        per_seed = {r["seed"]: r["zero"] for r in zero if r["task"] == task}
+        mean = float(np.mean(list(per_seed.values())))
+        references[task] = [(mean, f"zero action {mean:.0f} (mean over seeds)")]
+    return references
 
 
 def _below_zero(rows: list[dict]) -> dict[str, tuple[int, int]]:

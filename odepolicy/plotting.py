@@ -416,8 +416,12 @@ def _figure_paths(out) -> tuple[Path, Path]:
     return out.parent / f"{out.name}.png", out.parent / f"{out.name}.pdf"
 
 
-def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> tuple[Path, Path]:
-    """Draw one panel per task, one curve per method; write a PNG and a PDF beside it."""
+def plot_runs(
+    runs: list[Run], out, x: str = "timesteps", band: str = "std", references=None
+) -> tuple[Path, Path]:
+    """Draw one panel per task, one curve per method; write a PNG and a PDF beside it.
+    `references`: {task: [(return, label), ...]}, drawn dotted across that task's panel (the
+    campaign report's zero action, on tasks without an ARS threshold)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -461,6 +465,16 @@ def plot_runs(runs: list[Run], out, x: str = "timesteps", band: str = "std") -> 
                 xycoords=("axes fraction", "data"),
                 fontsize="x-small",
                 va="bottom",
+            )
+        for value, text in (references or {}).get(task, []):
+            ax.axhline(value, color="dimgray", linestyle=":", linewidth=1.2)
+            ax.annotate(
+                text,
+                (0.01, value),
+                xycoords=("axes fraction", "data"),
+                fontsize="x-small",
+                va="bottom",
+                color="dimgray",
             )
         ax.set_title(task)
         ax.set_xlabel(X_AXES[x])

@@ -348,6 +348,14 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
     for method in ("linear", "iso_odetoode"):
         final = RunDir(tmp_path / "results" / "fixed" / method / "s7").progress.final_eval()
         assert f"{method} {final - zero:+.1f} ({int(final > zero)}/1)" in row
+    # the figure draws it on tasks without an ARS threshold (this one), not on the others
+    from odepolicy.campaign import zero_references
+
+    rows = [{"task": "InvertedPendulum-v5", "seed": s, "zero": z} for s, z in ((7, 2.0), (8, 5.0))]
+    rows += [{"task": "Hopper-v5", "seed": 7, "zero": 150.0}]
+    assert zero_references(rows + rows[:1]) == {
+        "InvertedPendulum-v5": [(3.5, "zero action 4 (mean over seeds)")]
+    }
     (tmp_path / "shared.yaml").write_text(yaml.safe_dump({**BASE, "shared_start": True}))
     fixed = {"base": str(tmp_path / "shared.yaml"), "budget": 600, "tune": False, "seeds": [7]}
     # (the same runs, reported under a base config that sets it)
