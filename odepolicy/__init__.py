@@ -57,9 +57,18 @@ def _widen_numba_vectors() -> None:
     7.0 on an Emerald Rapids core (benchmarks/es_throughput.md). Only on x86-64 Linux CPUs
     with AVX512-VBMI2 (Intel since Ice Lake, AMD since Zen 4), where 512-bit vectors keep the
     clock; never over a NUMBA_CPU_NAME / NUMBA_CPU_FEATURES the user set, nor with
-    ODEPOLICY_NUMBA_VECTORS=256, nor once numba is loaded (import odepolicy first)."""
+    ODEPOLICY_NUMBA_VECTORS=256, nor once numba is loaded (import odepolicy first).
+
+    The values are the host's, and child processes inherit them: `_NUMBA_MARK` says that
+    odepolicy set them, so a process that inherits them decides afresh for its own CPU (a job
+    launched on another machine must not compile for this one's)."""
     env = os.environ
-    if "numba" in sys.modules or env.get("ODEPOLICY_NUMBA_VECTORS") == "256":
+    if "numba" in sys.modules:
+        return
+    if env.pop(_NUMBA_MARK, None) is not None:  # ours, inherited: decide again for this CPU
+        env.pop("NUMBA_CPU_NAME", None)
+        env.pop("NUMBA_CPU_FEATURES", None)
+    if env.get("ODEPOLICY_NUMBA_VECTORS") == "256":
         return
     if "NUMBA_CPU_NAME" in env or "NUMBA_CPU_FEATURES" in env:
         return
@@ -73,6 +82,10 @@ def _widen_numba_vectors() -> None:
     features = llvm.get_host_cpu_features().flatten()
     env["NUMBA_CPU_NAME"] = llvm.get_host_cpu_name()
     env["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+    env[_NUMBA_MARK] = "1"
+
+
+_NUMBA_MARK = "ODEPOLICY_SET_NUMBA_CPU"  # NUMBA_CPU_NAME / _FEATURES are odepolicy's
 
 
 _pin_blas_kernels()

@@ -445,3 +445,32 @@ def test_512_bit_vectors_change_no_bit():
     assert runs["256"].pop("features") == ""
     assert (runs["512"].pop("zmm"), runs["256"].pop("zmm")) == (True, False)  # 512-bit registers
     assert runs["512"] == runs["256"]
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_numba_cpu_settings_are_decided_per_host_unless_the_user_set_them(marked):
+    """Values odepolicy set (marked) and a child inherited are decided again for the child's
+    own CPU (a job started on another machine); values without the mark are the user's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from odepolicy import cpuinfo
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "ODEPOLICY_"))}
+    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="+avx2")
+    if marked:
+        env["ODEPOLICY_SET_NUMBA_CPU"] = "1"
+    code = (
+        "import json, os, odepolicy; print(json.dumps([os.environ.get(k) for k in "
+        "('NUMBA_CPU_NAME', 'NUMBA_CPU_FEATURES', 'ODEPOLICY_SET_NUMBA_CPU')]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    name, features, mark = json.loads(done.stdout)
+    if not marked:
+        assert (name, features, mark) == ("haswell", "+avx2", None)
+    elif {"avx512f", "avx512_vbmi2"} <= cpuinfo()[1]:
+        assert name != "haswell" and features.endswith(",-prefer-256-bit") and mark == "1"
+    else:  # this CPU keeps numba's defaults: the inherited values are gone
+        assert (name, features, mark) == (None, None, None)
