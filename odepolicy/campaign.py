@@ -1206,6 +1206,9 @@ def _claim_paragraph(
     ode = [r for r in rows if r["method"] in ODE_TO_ODE]
     lines = [f"**{task}** ({status}). The paper: {text}.", measured]
     so_far = " so far" if status != "final" else ""
+    task_zero = [z for z in zero if z["task"] == task]
+    below = _below_zero(task_zero)
+    learned = {z["method"] for z in task_zero} - set(below)  # above the zero action, every seed
     if not ode:
         lines.append("No ODEtoODE run has an evaluation yet.")
     else:
@@ -1216,10 +1219,22 @@ def _claim_paragraph(
             holds = best["rank"] <= 2
         verdict = "holds" if holds else "does not hold"
         where = f" ({', '.join(above)} above it)" if above else ""
-        lines.append(
-            f"The best ODEtoODE form, {best['method']}, ranks {best['rank']} of {len(rows)}"
-            f"{where}: the claim {verdict} here{so_far}."
-        )
+        head = f"The best ODEtoODE form, {best['method']}, ranks {best['rank']} of {len(rows)}"
+        if task_zero and not learned:  # an order among policies that learned nothing
+            lines.append(
+                f"{head}{where}, but no method ends above the zero action on every seed's "
+                "evaluation episodes: the order is among policies that learned nothing, and the "
+                f"claim is undecided here{so_far}."
+            )
+        elif task_zero and holds and best["method"] not in learned:
+            does = "does" if len(learned) == 1 else "do"
+            lines.append(
+                f"{head}{where}, but it does not end above the zero action on every seed's "
+                f"evaluation episodes, and {', '.join(sorted(learned))} {does}: the claim does "
+                f"not hold here{so_far}."
+            )
+        else:
+            lines.append(f"{head}{where}: the claim {verdict} here{so_far}.")
     for r in rows:
         if r["method"] not in no_learn or r.get("threshold") in (None, ""):
             continue
@@ -1232,7 +1247,6 @@ def _claim_paragraph(
             else f"{r['method']} ends at {final:.1f}, past a third of ARS's threshold "
             f"({bar:.0f}): it learns here{so_far}, which the paper says it does not."
         )
-    below = _below_zero([z for z in zero if z["task"] == task])
     if below:
         lines.append(
             "Not above the zero action on every seed's evaluation episodes: "

@@ -644,6 +644,26 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
             "Not above the zero action on every seed's evaluation episodes: deepnet (1 of 3 "
             "seeds above it)."
         ), text
+        assert "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it): the claim holds" in text
+        # an ODEtoODE form ranked in the top two without ending above the zero action, while
+        # another method does: the claim does not hold
+        zero[3]["final"] = 5.0
+        zero.append({"task": env, "method": "iso_odetoode_skip", "seed": 100, "final": 9.0,
+                     "zero": 6.0})  # fmt: skip
+        text = _claim_paragraph(env, rows, done, campaign, zero)
+        assert (
+            "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it), but it does not end above "
+            "the zero action on every seed's evaluation episodes, and iso_odetoode_skip does: "
+            "the claim does not hold here."
+        ) in text, text
+        # no method above the zero action: the order decides nothing
+        zero[-1]["final"] = 6.0
+        text = _claim_paragraph(env, rows, done, campaign, zero)
+        assert (
+            "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it), but no method ends above "
+            "the zero action on every seed's evaluation episodes: the order is among policies "
+            "that learned nothing, and the claim is undecided here."
+        ) in text, text
     finally:
         module.PAPER_CLAIMS.clear()
         module.PAPER_CLAIMS.update(original)
