@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odepolicy.campaign import NO_LEARNING
+from odepolicy.campaign_report import NO_LEARNING
 from odepolicy.plotting import ARS_THRESHOLDS
 
 ROOT = Path(__file__).resolve().parents[1]

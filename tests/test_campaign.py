@@ -349,7 +349,7 @@ def test_a_task_without_tuning_evaluates_every_method_with_the_base_settings(tmp
         final = RunDir(tmp_path / "results" / "fixed" / method / "s7").progress.final_eval()
         assert f"{method} {final - zero:+.1f} ({int(final > zero)}/1)" in row
     # the figure draws it on tasks without an ARS threshold (this one), not on the others
-    from odepolicy.campaign import zero_references
+    from odepolicy.campaign_report import zero_references
 
     rows = [{"task": "InvertedPendulum-v5", "seed": s, "zero": z} for s, z in ((7, 2.0), (8, 5.0))]
     rows += [{"task": "Hopper-v5", "seed": 7, "zero": 150.0}]
@@ -588,7 +588,7 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
 ):
     from collections import Counter
 
-    from odepolicy.campaign import _claim_paragraph
+    from odepolicy.campaign_report import _claim_paragraph
 
     path = _campaign(
         tmp_path,
@@ -607,7 +607,7 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
     rows = [_row(env, "iso_odetoode_skip", 1, 300.0), _row(env, "iso_odetoode", 2, 200.0),
             _row(env, "deepnet", 3, 100.0)]  # fmt: skip
     done = Counter({(env, m): 1 for m in campaign.methods})
-    from odepolicy import campaign as module
+    from odepolicy import campaign_report as module
 
     claims = {env: ("best", "ODEtoODE is the best", ())}
     original = dict(module.PAPER_CLAIMS)
@@ -645,25 +645,22 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
             "seeds above it)."
         ), text
         assert "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it): the claim holds" in text
-        # an ODEtoODE form ranked in the top two without ending above the zero action, while
-        # another method does: the claim does not hold
+        # An ODEtoODE form ranked in the top two without ending above the zero action, while
+        # another method does: the claim does not hold. No method above it: nothing is decided.
         zero[3]["final"] = 5.0
         zero.append({"task": env, "method": "iso_odetoode_skip", "seed": 100, "final": 9.0,
                      "zero": 6.0})  # fmt: skip
-        text = _claim_paragraph(env, rows, done, campaign, zero)
-        assert (
-            "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it), but it does not end above "
-            "the zero action on every seed's evaluation episodes, and iso_odetoode_skip does: "
-            "the claim does not hold here."
-        ) in text, text
-        # no method above the zero action: the order decides nothing
-        zero[-1]["final"] = 6.0
-        text = _claim_paragraph(env, rows, done, campaign, zero)
-        assert (
-            "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it), but no method ends above "
-            "the zero action on every seed's evaluation episodes: the order is among policies "
-            "that learned nothing, and the claim is undecided here."
-        ) in text, text
+        head = "iso_odetoode, ranks 2 of 3 (iso_odetoode_skip above it), but "
+        for skip_final, says in [
+            (9.0, "it does not end above the zero action on every seed's evaluation episodes, "
+             "and iso_odetoode_skip does: the claim does not hold here."),
+            (6.0, "no method ends above the zero action on every seed's evaluation episodes: "
+             "the order is among policies that learned nothing, and the claim is undecided "
+             "here."),
+        ]:  # fmt: skip
+            zero[-1]["final"] = skip_final
+            text = _claim_paragraph(env, rows, done, campaign, zero)
+            assert head + says in text, text
     finally:
         module.PAPER_CLAIMS.clear()
         module.PAPER_CLAIMS.update(original)
