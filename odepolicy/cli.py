@@ -325,7 +325,8 @@ def _add_campaign(sub) -> None:
         "you like and run it again: finished units are never repeated and unfinished runs "
         "continue from their checkpoints. `status` prints each stage's units done and left "
         "and the core-hours spent and left. `report` writes the comparison table and figure "
-        "from the finished evaluation runs.",
+        "from the evaluation runs, each run held against the zero action on its own "
+        "evaluation episodes, and a reading of the paper's claim task by task.",
     )
     p.add_argument("action", choices=["run", "status", "report"], help="what to do")
     p.add_argument("campaign", help="campaign YAML (e.g. experiments/comparison.yaml)")
