@@ -62,6 +62,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -81,7 +82,11 @@ from .tune import LAST_EVALS, logged_evals, run_score
 
 __all__ = ["load_campaign", "Campaign", "campaign_command", "STAGES"]
 
-STAGES = ("explore", "confirm", "evaluate")
+STAGES = ("explore", "confirm", "evaluate", "extend")
+# The run of a task's `extend` (one method, one seed) continues past the budget when, at the
+# budget, it is still climbing: the mean of its evaluations in the last fifth of the budget is
+# above the mean of those in the fifth before (CLIMB_WINDOW of the budget each).
+CLIMB_WINDOW = 0.2
 
 WAIT_S = 5.0  # how often a worker with nothing ready looks again
 
@@ -112,6 +117,16 @@ class MethodSpec:
 
 
 @dataclass
+class ExtendSpec:
+    method: str = ""  # one of the task's methods
+    seed: int | None = None  # one of the task's evaluation seeds
+    budget: int = 0  # env steps of the continued run (above the task's budget)
+    # true: only if the evaluation run is still climbing at the task's budget (`climbing`);
+    # false: always.
+    if_climbing: bool = True
+
+
+@dataclass
 class TaskSpec:
     base: str = ""  # base config (its seed is the tuning seed)
     budget: int = 0  # env steps of an evaluation run
@@ -126,6 +141,10 @@ class TaskSpec:
     # Iterations between checkpoints of this task's units (null: the campaign's), for a task
     # whose iterations are long (Humanoid's late ones are minutes each).
     checkpoint_every: int | None = None
+    # One evaluation run continued past the budget to `extend.budget` env steps, in a copy under
+    # `<results>_extended/` (the task's table and ranks keep the budget every method had), as
+    # Humanoid's ISO-ODEtoODE seed to 20M while it still climbs at 10M.
+    extend: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -184,6 +203,45 @@ def _entries(mapping: dict, cls, section: str) -> dict:
     return out
 
 
+def _extend_spec(task: TaskSpec, key: str, methods: dict, default_seeds) -> ExtendSpec | None:
+    if not task.extend:
+        return None
+    e = build_typed(ExtendSpec, task.extend, f"tasks.{key}.extend.", "campaign key")
+    where = f"tasks.{key}.extend"
+    runs = [m for m in methods if not task.methods or m in task.methods]
+    if e.method not in runs:
+        raise OdepolicyError(
+            f"{where}.method must be one of the task's methods ({', '.join(runs)})"
+        )
+    seeds = task.seeds or default_seeds
+    if e.seed not in seeds:
+        raise OdepolicyError(
+            f"{where}.seed must be one of the task's evaluation seeds "
+            f"({', '.join(map(str, seeds))})"
+        )
+    if e.budget <= task.budget:
+        raise OdepolicyError(f"{where}.budget must be above the task's budget ({task.budget:,})")
+    return e
+
+
+def climbing(env_steps, returns, budget: int) -> tuple[bool, float, float]:
+    """(still climbing at `budget`, mean evaluation return in the last CLIMB_WINDOW of the budget,
+    mean in the window before it): climbing when the first is above the second. A window
+    without an evaluation gives nan and False."""
+    steps, rets = np.asarray(env_steps, dtype=float), np.asarray(returns, dtype=float)
+    hi, mid, lo = budget, (1 - CLIMB_WINDOW) * budget, (1 - 2 * CLIMB_WINDOW) * budget
+    last = rets[(steps > mid) & (steps <= hi)]
+    before = rets[(steps > lo) & (steps <= mid)]
+    if not (len(last) and len(before)):
+        return (
+            False,
+            float(np.mean(last)) if len(last) else math.nan,
+            (float(np.mean(before)) if len(before) else math.nan),
+        )
+    a, b = float(np.mean(last)), float(np.mean(before))
+    return a > b, a, b
+
+
 def load_campaign(path: str | Path) -> Campaign:
     """Read and check a campaign file; OdepolicyError names what is wrong (before any work)."""
     from .policies import POLICIES
@@ -221,6 +279,7 @@ def load_campaign(path: str | Path) -> Campaign:
                 t.methods[method] = _sets(sets or [], f"tasks.{key}.methods.{method}")
             if t.checkpoint_every is not None and t.checkpoint_every < 1:
                 raise OdepolicyError(f"tasks.{key}.checkpoint_every must be a positive integer")
+            t.extend = _extend_spec(t, key, methods, spec.evaluate.seeds)
         ex, co, ev = spec.explore, spec.confirm, spec.evaluate
         if ex.trials < 1 or ex.budget < 1:
             raise OdepolicyError("explore.trials and explore.budget must be positive")
@@ -258,6 +317,7 @@ class Campaign:
         self.path, self.spec, self.methods, self.tasks = path, spec, methods, tasks
         self.studies, self.runs = Path(spec.studies), Path(spec.runs)
         self.results = Path(spec.results)
+        self.extended = self.results.parent / f"{self.results.name}_extended"
         self.cache: dict = {}  # study file -> (its stamp, study, trials)
 
     # -- configs ---------------------------------------------------------------------------
@@ -292,6 +352,21 @@ class Campaign:
 
     def eval_run(self, task: str, method: str, seed: int) -> RunDir:
         return RunDir(self.results / task / method / f"s{seed}")
+
+    def extend_run(self, task: str) -> RunDir | None:
+        """The continued copy of a task's `extend` run (None: the task has no `extend`)."""
+        e = self.tasks[task].extend
+        return RunDir(self.extended / task / e.method / f"s{e.seed}") if e else None
+
+    def extend_decision(self, task: str) -> tuple[bool, float, float]:
+        """(continue, mean of the last window, mean of the window before) for a task's `extend`
+        run at the task's budget (read from its evaluation run, which must be finished)."""
+        from .plotting import load_run
+
+        e = self.tasks[task].extend
+        run = load_run(self.eval_run(task, e.method, e.seed).path)
+        up, last, before = climbing(run.env_steps, run.returns, self.tasks[task].budget)
+        return (up or not e.if_climbing), last, before
 
     def log(self, line: str) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -513,7 +588,7 @@ class Unit:
             return f"explore/{self.task}/{self.method}"
         if self.stage == "confirm":
             return f"confirm/{self.task}/{self.method}/trial_{self.trial:04d}_s{self.seed}"
-        return f"evaluate/{self.task}/{self.method}/s{self.seed}"
+        return f"{self.stage}/{self.task}/{self.method}/s{self.seed}"
 
 
 def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[Unit] | None:
@@ -521,6 +596,13 @@ def stage_units(campaign: Campaign, task: str, method: str, stage: str) -> list[
     has not finished (their list is not known yet)."""
     if method not in campaign.task_methods(task):
         return []
+    if stage == "extend":
+        e = campaign.tasks[task].extend
+        if e is None or e.method != method:
+            return []
+        if not unit_done(campaign, Unit("evaluate", task, method, seed=e.seed)):
+            return None
+        return [Unit("extend", task, method, seed=e.seed)]
     if not campaign.tasks[task].tune:  # evaluation only, with the base config's settings
         if stage != "evaluate":
             return []
@@ -549,8 +631,8 @@ def _unit_from_name(name: str) -> Unit | None:
         if parts[0] == "confirm" and len(parts) == 4:
             trial, seed = re.fullmatch(r"trial_(\d+)_s(\d+)", parts[3]).groups()
             return Unit("confirm", parts[1], parts[2], int(trial), int(seed))
-        if parts[0] == "evaluate" and len(parts) == 4:
-            return Unit("evaluate", parts[1], parts[2], seed=int(parts[3].removeprefix("s")))
+        if parts[0] in ("evaluate", "extend") and len(parts) == 4:
+            return Unit(parts[0], parts[1], parts[2], seed=int(parts[3].removeprefix("s")))
     except (AttributeError, ValueError):
         pass
     return None
@@ -562,7 +644,27 @@ def unit_done(campaign: Campaign, unit: Unit) -> bool:
     if unit.stage == "confirm":
         path = campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed)
         return _read_score(path) is not None
+    if unit.stage == "extend":  # finished, or not to be run (no longer climbing at the budget)
+        state = _run_state(campaign.extend_run(unit.task))
+        return state == "finished" or (
+            state == "empty" and not campaign.extend_decision(unit.task)[0]
+        )
     return _run_state(campaign.eval_run(unit.task, unit.method, unit.seed)) == "finished"
+
+
+def _start_extend(campaign: Campaign, task: str) -> None:
+    """Copy the finished evaluation run of a task's `extend` to its place under
+    `<results>_extended/` with the longer budget in its config.yaml (written before the copy
+    takes its name, so a copy never stands finished at the old budget), ready for `--resume`."""
+    e = campaign.tasks[task].extend
+    source, target = campaign.eval_run(task, e.method, e.seed), campaign.extend_run(task)
+    staging = target.path.with_name(target.path.name + ".copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source.path, staging)
+    copy = RunDir(staging)
+    copy.write_config(copy.read_config([f"max_env_steps={e.budget}"]))
+    shutil.rmtree(target.path, ignore_errors=True)  # an empty run folder, nothing else
+    os.replace(staging, target.path)
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -581,6 +683,18 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
         cmd += ["--sampler-seed", str(spec.sampler_seed)]
         sets = [*campaign.method_sets(unit.task, unit.method), *backend, *keep]
         return cmd + [a for s in sets for a in ("--set", s)]
+    if unit.stage == "extend":
+        run = campaign.extend_run(unit.task)
+        state = _run_state(run)
+        if state == "unreadable":
+            _check_readable(run)
+        if state == "finished":
+            return []
+        if state == "empty":
+            _start_extend(campaign, unit.task)
+        sets = [*backend, *keep]
+        cmd = [*cli, "train", "--resume", str(run.path)]
+        return cmd + [a for s in sets for a in ("--set", s)] + ["--quiet"]
     if unit.stage == "confirm":
         run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
         trial = _study(campaign, unit.task, unit.method).trials[unit.trial]
@@ -888,6 +1002,8 @@ def status_rows(campaign: Campaign) -> list[dict]:
     for task in c.tasks:
         measured[task], explore_trial_s[task], runs[task] = [], [], []
         for stage in STAGES:
+            if stage == "extend" and c.tasks[task].extend is None:
+                continue
             row = {"task": task, "stage": stage, "done": 0, "left": 0, "spent_s": 0.0}
             row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
             row["started"] = []  # started, unfinished units, one line each
@@ -914,8 +1030,10 @@ def status_rows(campaign: Campaign) -> list[dict]:
                 if units is None:  # not known yet: the stage's usual count
                     n = c.spec.confirm.top * len(c.spec.confirm.seeds)
                     n = n if stage == "confirm" else len(c.eval_seeds(task))
-                    row["left"] += n
                     budget = c.spec.explore.budget if stage == "confirm" else c.tasks[task].budget
+                    if stage == "extend":  # counted as if it will run
+                        n, budget = 1, c.tasks[task].extend.budget - c.tasks[task].budget
+                    row["left"] += n
                     row["left_steps"] += n * budget
                     continue
                 for unit in units:
@@ -970,8 +1088,28 @@ def _left(row: dict) -> str:
     return _hours(row["left_s"]) + ("*" if row.get("borrowed") else "")
 
 
+def _counters(run: RunDir) -> tuple[float, int]:
+    try:
+        counters = run.checkpoint_counters() or {}
+    except OdepolicyError:
+        counters = {}
+    return float(counters.get("wall_seconds", 0.0)), int(counters.get("env_steps", 0))
+
+
 def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
-    """(seconds spent, env steps done, env-step budget) of a run unit."""
+    """(seconds spent, env steps done, env-step budget) of a run unit; an `extend` unit counts
+    only what its copy did past the evaluation run it continues."""
+    if unit.stage == "extend":
+        run, task = campaign.extend_run(unit.task), campaign.tasks[unit.task]
+        if not run.is_run():
+            return 0.0, 0, task.extend.budget - task.budget
+        seconds, steps = _counters(run)
+        was_s, was_steps = _counters(campaign.eval_run(unit.task, unit.method, unit.seed))
+        return (
+            max(0.0, seconds - was_s),
+            max(0, steps - was_steps),
+            task.extend.budget - task.budget,
+        )
     if unit.stage == "confirm":
         record = _read_score(campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed))
         budget = campaign.spec.explore.budget
@@ -981,11 +1119,8 @@ def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
     else:
         budget = campaign.tasks[unit.task].budget
         run = campaign.eval_run(unit.task, unit.method, unit.seed)
-    try:
-        counters = run.checkpoint_counters() or {}
-    except OdepolicyError:
-        counters = {}
-    return float(counters.get("wall_seconds", 0.0)), int(counters.get("env_steps", 0)), budget
+    seconds, steps = _counters(run)
+    return seconds, steps, budget
 
 
 def started_units(campaign: Campaign) -> list[str]:
@@ -1020,7 +1155,8 @@ def print_status(campaign: Campaign) -> list[dict]:
             print(f"  {line}")
     print(
         "units: explore = one study per (task, method); confirm = one run per (top trial, seed); "
-        "evaluate = one run per seed. core-hours: one core per local process; the estimate "
+        "evaluate = one run per seed; extend = a task's one run continued past its budget. "
+        "core-hours: one core per local process; the estimate "
         "uses each task's measured seconds per env step (per trial for explore), with rates "
         "from studies run elsewhere scaled by this campaign's measured runs."
     )

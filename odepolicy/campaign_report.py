@@ -11,6 +11,7 @@ measured order task by task.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from . import OdepolicyError
-from .campaign import BORROWED, Campaign, _hours, _left, _run_state, _write_atomic, status_rows
+from .campaign import (
+    BORROWED,
+    CLIMB_WINDOW,
+    Campaign,
+    _hours,
+    _left,
+    _run_state,
+    _write_atomic,
+    status_rows,
+)
 from .config import config_from_dict, read_yaml
 from .rundir import RunDir
 
@@ -43,17 +53,110 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
             print(f"odepolicy: note: {run.path} is not finished", file=sys.stderr)
     stem = campaign.results.parent / campaign.results.name
     zero = zero_action_rows(runs)
-    png, _ = plot_runs(runs, stem.with_suffix(".png"), references=zero_references(zero))
+    extended = extended_runs(campaign)
+    drawn = runs + [run for run in extended.values() if run is not None and len(run.returns)]
+    png, _ = plot_runs(drawn, stem.with_suffix(".png"), references=zero_references(zero))
     table = summary_table(runs)
     _, md_path = write_table(table, stem)
     finished = Counter((r.task, r.method) for r in runs if states[r.path] == "finished")
     under_way = [r.path for r in runs if states[r.path] != "finished"]
     paths = [r.path for r in runs]
     text = reading(campaign, table, finished, status_rows(campaign), paths, zero)
+    if extended:
+        text += _extended_section(campaign, extended)
     if under_way:
         text += _under_way(campaign, under_way)
     _write_atomic(stem.with_suffix(".md"), text)
     return png, md_path
+
+
+def _steps(n: int) -> str:
+    """'10M' for whole millions of env steps, else '2,500'."""
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n:,}"
+
+
+def extend_label(campaign: Campaign, task: str) -> str:
+    """The method name a task's `extend` run has in the figure: '<method> s<seed> to <N>M'."""
+    e = campaign.tasks[task].extend
+    return f"{e.method} s{e.seed} to {_steps(e.budget)}"
+
+
+def extended_runs(campaign: Campaign) -> dict:
+    """task -> its `extend` run as a plotting Run named by `extend_label` (None before the
+    copy exists), for the tasks that have an `extend`. Not in the table: its budget is not
+    the one every method had."""
+    from .plotting import load_run
+
+    out = {}
+    for task, spec in campaign.tasks.items():
+        if spec.extend is None:
+            continue
+        run = campaign.extend_run(task)
+        loaded = load_run(run.path) if run.is_run() and run.progress_file.is_file() else None
+        if loaded is not None:
+            loaded = dataclasses.replace(loaded, method=extend_label(campaign, task))
+        out[task] = loaded
+    return out
+
+
+def _extended_section(campaign: Campaign, extended: dict) -> str:
+    """`## Past the budget`: each `extend` run's rule, the decision at the budget and, once
+    continued, its numbers."""
+    from .plotting import ARS_THRESHOLDS, load_run
+
+    lines = ["", "## Past the budget", ""]
+    for task, run in extended.items():
+        t = campaign.tasks[task]
+        e = t.extend
+        source = campaign.eval_run(task, e.method, e.seed)
+        rule = (
+            f"if it is still climbing there (the mean of its evaluations in the last "
+            f"{CLIMB_WINDOW:.0%} of the budget above the mean in the {CLIMB_WINDOW:.0%} before)"
+            if e.if_climbing
+            else "whatever its curve"
+        )
+        where = campaign.extend_run(task).path
+        text = (
+            f"**{task}**: {e.method} seed {e.seed} continues from {_steps(t.budget)} to "
+            f"{_steps(e.budget)} env steps {rule}, in `{where}/`; the table above keeps every "
+            "method at the budget, the figure draws the continuation as "
+            f"'{extend_label(campaign, task)}'."
+        )
+        if _run_state(source) != "finished":
+            lines += [text + " Its evaluation run has not finished.", ""]
+            continue
+        go, last, before = campaign.extend_decision(task)
+        base = load_run(source.path)
+        at = f" At {_steps(t.budget)}: final return "
+        at += f"{base.returns[-1]:.1f}" if len(base.returns) else "none (no evaluation)"
+        if np.isfinite(last) and np.isfinite(before):
+            at += f", mean {last:.1f} in the last {CLIMB_WINDOW:.0%} against {before:.1f} before"
+        elif e.if_climbing:
+            at += ", no evaluation in one of the two windows"
+        text += at
+        if not go:
+            lines += [text + ": no longer climbing, not continued.", ""]
+            continue
+        text += ": continued." if e.if_climbing else "."
+        if run is None or not len(run.returns):
+            lines += [text + " The continuation has not logged an evaluation yet.", ""]
+            continue
+        state = _run_state(campaign.extend_run(task))
+        done = "finished" if state == "finished" else f"{run.final_env_steps:,} env steps so far"
+        text += (
+            f" The continuation ({done}): final return {run.returns[-1]:.1f}, best "
+            f"{run.returns.max():.1f}"
+        )
+        threshold = ARS_THRESHOLDS.get(task) or ARS_THRESHOLDS.get(base.task)
+        if threshold is not None:
+            reached = run.env_steps[run.returns >= threshold]
+            text += (
+                f"; ARS's threshold ({threshold:.0f}) first reached at {reached[0]:,.0f} env steps"
+                if len(reached)
+                else f"; ARS's threshold ({threshold:.0f}) not reached"
+            )
+        lines += [text + ".", ""]
+    return "\n".join(lines)
 
 
 def zero_action_rows(runs) -> list[dict]:
@@ -322,6 +425,13 @@ def reading(
                 for m in campaign.task_methods(task)
             )
             lines.append(f"- {task}: only {only}.")
+        if t.extend is not None:
+            lines.append(
+                f"- {task}: {t.extend.method} seed {t.extend.seed} continues to "
+                f"{_steps(t.extend.budget)} env steps"
+                + (" if it still climbs at the budget" if t.extend.if_climbing else "")
+                + " (Past the budget, below)."
+            )
         if not t.tune:
             seeds = ", ".join(map(str, campaign.eval_seeds(task)))
             lines.append(

@@ -321,7 +321,8 @@ def _add_campaign(sub) -> None:
         description="A campaign file (see experiments/comparison.yaml) declares tasks, methods, "
         "budgets, seeds and the tuning protocol. `run` does the next ready units (an explore "
         "study per task and method, the confirm runs of its best trials on new seeds, the "
-        "evaluation runs of the pick on held-out seeds), PARALLEL at a time; kill it whenever "
+        "evaluation runs of the pick on held-out seeds, and a task's `extend` run continued past "
+        "the budget while it still climbs), PARALLEL at a time; kill it whenever "
         "you like and run it again: finished units are never repeated and unfinished runs "
         "continue from their checkpoints. `status` prints each stage's units done and left "
         "and the core-hours spent and left. `report` writes the comparison table and figure "
@@ -341,8 +342,9 @@ def _add_campaign(sub) -> None:
     p.add_argument(
         "--stage",
         action="append",
-        choices=["explore", "confirm", "evaluate"],
-        help="run only this stage's units (repeatable; default: all three)",
+        choices=["explore", "confirm", "evaluate", "extend"],
+        help="run only this stage's units (repeatable; default: all four; extend: a task's "
+        "`extend` run continued past the budget)",
     )
     p.add_argument(
         "--task",

@@ -543,6 +543,11 @@ def test_the_shipped_humanoid_task_is_one_fixed_protocol():
     assert sizes["iso_odetoode"] == h * s.obs_dim + s.act_dim * h + h + 3 * h * h == 35712
     assert sizes["iso_odetoode"] <= sizes["deepnet"] <= 1.3 * sizes["iso_odetoode"]
     assert comparison.base_config(task, "linear").policy.kwargs == {}
+    # One ISO-ODEtoODE seed continues to 20M while it still climbs at 10M (issue 22, item 3).
+    e = fixed.extend
+    assert (e.method, e.seed, e.budget, e.if_climbing) == ("iso_odetoode", 200, 20_000_000, True)
+    where = comparison.extend_run(task).path.as_posix()
+    assert where == "results/comparison_extended/Humanoid-v5/iso_odetoode/s200"
 
 
 def test_a_task_runs_only_its_methods_with_their_own_overrides(tmp_path, capsys):
@@ -692,3 +697,80 @@ def test_atomic_writes_from_two_threads_of_one_process(tmp_path):
     assert errors == []
     assert path.read_text() in texts
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pick.yaml"]  # no temporary left
+
+
+def test_climbing_compares_the_last_fifth_of_the_budget_with_the_fifth_before():
+    from odepolicy.campaign import climbing
+
+    steps = [100, 500, 650, 750, 850, 1000]
+    up, last, before = climbing(steps, [0, 9, 1.0, 3.0, 4.0, 6.0], 1000)
+    assert (up, last, before) == (True, 5.0, 2.0)  # (4 + 6) / 2 against (1 + 3) / 2
+    assert climbing(steps, [0, 9, 5.0, 5.0, 4.0, 6.0], 1000)[0] is False  # 5.0 is not above 5.0
+    assert climbing(steps, [0, 9, 1.0, 3.0, 4.0, 6.0], 2000)[0] is False  # nothing in 1600-2000
+    down, last, before = climbing([100, 900], [1.0, 2.0], 1000)  # nothing in 600-800
+    assert not down and last == 2.0 and np.isnan(before)
+
+
+def test_an_extend_run_continues_one_evaluation_run_as_one_straight_run_would(tmp_path, capsys):
+    """`tasks.<t>.extend`: after the evaluation run, a copy of it continues to the longer budget
+    under `<results>_extended/`, bit for bit a straight run to that budget, and leaves the
+    evaluation run and the table as they were; with `if_climbing` it runs only when the curve
+    still climbs at the budget."""
+    from odepolicy.campaign import climbing
+    from odepolicy.plotting import load_run
+
+    fixed = {"base": str(tmp_path / "base.yaml"), "budget": 300, "tune": False, "seeds": [7],
+             "methods": {"linear": []}}  # fmt: skip
+    always = {**fixed, "extend": {"method": "linear", "seed": 7, "budget": 600,
+                                  "if_climbing": False}}  # fmt: skip
+    rule = {**fixed, "extend": {"method": "linear", "seed": 7, "budget": 600}}
+    path = _campaign(tmp_path, tasks={"always": always, "rule": rule})
+    campaign = load_campaign(path)
+    rows = {(r["task"], r["stage"]): r for r in status_rows(campaign)}
+    assert (rows["always", "extend"]["left"], rows["always", "extend"]["left_steps"]) == (1, 300)
+    assert main(["campaign", "run", str(path), "--quiet", "--stage", "evaluate"]) == 0
+    source = tmp_path / "results" / "always" / "linear" / "s7"
+    before = {f: (source / f).read_bytes() for f in ("progress.csv", "checkpoints/latest.npz")}
+    assert not (tmp_path / "results_extended").exists()
+    assert main(["campaign", "run", str(path), "--quiet"]) == 0
+    assert {f: (source / f).read_bytes() for f in before} == before  # the source is untouched
+    extended = tmp_path / "results_extended" / "always" / "linear" / "s7"
+    config = load_config(extended / "config.yaml")
+    assert config.max_env_steps == 600 and RunDir(extended).status() == "finished"
+    # The continuation is a straight run of the same config to 600 env steps, bit for bit.
+    assert main(["train", str(extended / "config.yaml"), "--out", str(tmp_path / "straight"),
+                 "--name", "s7", "--quiet"]) == 0  # fmt: skip
+    centres = [read_checkpoint(r / "checkpoints" / "latest.npz")[0]
+               for r in (extended, tmp_path / "straight" / "s7")]  # fmt: skip
+    assert centres[0]["es.center"].tobytes() == centres[1]["es.center"].tobytes()
+    straight = RunDir(tmp_path / "straight" / "s7").progress.read()
+    steps = [r["env_steps"] for r in RunDir(extended).progress.read()]
+    assert steps == [r["env_steps"] for r in straight] and int(steps[-1]) >= 600
+    # The rule's task ran its continuation exactly when the evaluation run still climbed.
+    base = load_run(tmp_path / "results" / "rule" / "linear" / "s7")
+    up = climbing(base.env_steps, base.returns, 300)[0]
+    assert (tmp_path / "results_extended" / "rule").exists() == up
+    assert _log(tmp_path).count("done extend/always/linear/s7") == 1
+    rows = {(r["task"], r["stage"]): r for r in status_rows(load_campaign(path))}
+    assert (rows["always", "extend"]["done"], rows["always", "extend"]["left"]) == (1, 0)
+    assert rows["always", "extend"]["spent_s"] > 0
+    assert main(["campaign", "report", str(path)]) == 0
+    reading = (tmp_path / "results.md").read_text()
+    assert "- always: linear seed 7 continues to 600 env steps (Past the budget" in reading
+    assert "the figure draws the continuation as 'linear s7 to 600'" in reading
+    assert ("not continued" in reading.split("**rule**")[-1]) != up
+    table = _csv_rows(tmp_path / "results_summary.csv")
+    assert {r["method"] for r in table} == {"linear"} and len(table) == 1  # one row: both at 300
+    assert main(["campaign", "run", str(path), "--quiet"]) == 0  # nothing left: nothing repeated
+    assert _log(tmp_path).count("start extend/always/linear/s7") == 1
+    for extend, message in [
+        ({"method": "iso_odetoode", "seed": 7, "budget": 600}, "extend.method must be one of"),
+        ({"method": "linear", "seed": 8, "budget": 600}, "extend.seed must be one of"),
+        ({"method": "linear", "seed": 7, "budget": 300}, "extend.budget must be above"),
+        ({"method": "linear", "seed": 7, "budget": 600, "when": 1}, "'tasks.x.extend.when'"),
+    ]:
+        bad = _campaign(tmp_path / "bad", tasks={"x": {**fixed, "extend": extend}})
+        capsys.readouterr()
+        assert main(["campaign", "status", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
