@@ -798,15 +798,17 @@ class Runner:
         c = self.campaign
         waiting = False
         # Task by task, and within a task method by method: a method's evaluation runs start
-        # once its pick is known, so finished comparisons land early on a small machine.
+        # once its pick is known, so finished comparisons land early on a small machine. A
+        # task's `extend` run comes after all its other units: the comparison first.
         order = [
             (t, m, s)
             for t in c.tasks
             if t in self.tasks
+            for last in (False, True)
             for m in c.task_methods(t)
             if m in self.methods
             for s in STAGES
-            if s in self.stages
+            if s in self.stages and (s == "extend") == last
         ]
         for task, method, stage in order:
             for unit in stage_units(c, task, method, stage) or []:

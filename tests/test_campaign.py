@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from odepolicy.campaign import Runner, Unit, _Lock, load_campaign, started_units, status_rows
+from odepolicy.campaign import (
+    STAGES,
+    Runner,
+    Unit,
+    _Lock,
+    load_campaign,
+    started_units,
+    status_rows,
+)
 from odepolicy.checkpoint import read_checkpoint
 from odepolicy.cli import main
 from odepolicy.config import load_config
@@ -721,14 +729,21 @@ def test_an_extend_run_continues_one_evaluation_run_as_one_straight_run_would(tm
 
     fixed = {"base": str(tmp_path / "base.yaml"), "budget": 300, "tune": False, "seeds": [7],
              "methods": {"linear": []}}  # fmt: skip
-    always = {**fixed, "extend": {"method": "linear", "seed": 7, "budget": 600,
-                                  "if_climbing": False}}  # fmt: skip
+    always = {**fixed, "methods": {"linear": [], "iso_odetoode": ["policy.kwargs.hidden=2"]},
+              "extend": {"method": "linear", "seed": 7, "budget": 600,
+                         "if_climbing": False}}  # fmt: skip
     rule = {**fixed, "extend": {"method": "linear", "seed": 7, "budget": 600}}
     path = _campaign(tmp_path, tasks={"always": always, "rule": rule})
     campaign = load_campaign(path)
     rows = {(r["task"], r["stage"]): r for r in status_rows(campaign)}
     assert (rows["always", "extend"]["left"], rows["always", "extend"]["left_steps"]) == (1, 300)
-    assert main(["campaign", "run", str(path), "--quiet", "--stage", "evaluate"]) == 0
+    args = ["campaign", "run", str(path), "--quiet", "--stage", "evaluate"]
+    assert main([*args, "--method", "linear"]) == 0
+    # The task's other evaluation runs come before its extend run: the comparison first.
+    unit, lock, _ = Runner(load_campaign(path), 1, [], STAGES, quiet=True).next_unit()
+    lock.release()
+    assert unit.name == "evaluate/always/iso_odetoode/s7"
+    assert main(args) == 0
     source = tmp_path / "results" / "always" / "linear" / "s7"
     before = {f: (source / f).read_bytes() for f in ("progress.csv", "checkpoints/latest.npz")}
     assert not (tmp_path / "results_extended").exists()
@@ -760,7 +775,8 @@ def test_an_extend_run_continues_one_evaluation_run_as_one_straight_run_would(tm
     assert "the figure draws the continuation as 'linear s7 to 600'" in reading
     assert ("not continued" in reading.split("**rule**")[-1]) != up
     table = _csv_rows(tmp_path / "results_summary.csv")
-    assert {r["method"] for r in table} == {"linear"} and len(table) == 1  # one row: both at 300
+    rows = {r["method"]: r for r in table}  # the extension is no row and in no mean
+    assert len(table) == 2 and float(rows["linear"]["env_steps_mean"]) < 600
     assert main(["campaign", "run", str(path), "--quiet"]) == 0  # nothing left: nothing repeated
     assert _log(tmp_path).count("start extend/always/linear/s7") == 1
     for extend, message in [
