@@ -55,7 +55,13 @@ def report(campaign: Campaign) -> tuple[Path, Path]:
     zero = zero_action_rows(runs)
     extended = extended_runs(campaign)
     drawn = runs + [run for run in extended.values() if run is not None and len(run.returns)]
-    png, _ = plot_runs(drawn, stem.with_suffix(".png"), references=zero_references(zero))
+    budgets = {  # env id -> budget: a panel spans its task's budget while runs are under way
+        campaign.base_config(t, campaign.task_methods(t)[0]).env: spec.budget
+        for t, spec in campaign.tasks.items()
+    }
+    png, _ = plot_runs(
+        drawn, stem.with_suffix(".png"), references=zero_references(zero), budgets=budgets
+    )
     table = summary_table(runs)
     _, md_path = write_table(table, stem)
     finished = Counter((r.task, r.method) for r in runs if states[r.path] == "finished")

@@ -417,11 +417,18 @@ def _figure_paths(out) -> tuple[Path, Path]:
 
 
 def plot_runs(
-    runs: list[Run], out, x: str = "timesteps", band: str = "std", references=None
+    runs: list[Run],
+    out,
+    x: str = "timesteps",
+    band: str = "std",
+    references=None,
+    budgets=None,
 ) -> tuple[Path, Path]:
     """Draw one panel per task, one curve per method; write a PNG and a PDF beside it.
     `references`: {task: [(return, label), ...]}, drawn dotted across that task's panel (the
-    campaign report's zero action, on tasks without an ARS threshold)."""
+    campaign report's zero action, on tasks without an ARS threshold). `budgets`: {task: env
+    steps}: on the env-steps axis, that task's panel spans 0 to at least its budget, so runs
+    under way show how far they have come (the campaign report)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -483,6 +490,8 @@ def plot_runs(
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         if x == "timesteps":
             ax.xaxis.set_major_formatter(FuncFormatter(_millions))
+            if task in (budgets or {}):
+                ax.set_xlim(*panel_span([c for c in curves if c.task == task], budgets[task]))
     # Below the panels, where no curve or title can run into it (constrained layout makes room).
     fig.legend(
         handles=list(handles.values()),
@@ -496,6 +505,13 @@ def plot_runs(
     fig.savefig(png, dpi=120)
     fig.savefig(pdf, metadata={"CreationDate": None})  # byte-identical on a re-run
     return png, pdf
+
+
+def panel_span(curves: list[Curve], budget: float) -> tuple[float, float]:
+    """The env-steps span of a panel with a budget: 0 to the budget or the furthest curve,
+    whichever is further, with a 2% margin."""
+    reach = max((float(c.grid.max()) for c in curves if len(c.grid)), default=0.0)
+    return 0.0, 1.02 * max(float(budget), reach)
 
 
 def _millions(value: float, _pos=None) -> str:

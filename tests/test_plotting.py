@@ -346,3 +346,34 @@ def test_the_legend_is_clear_of_every_panel_and_the_title(tmp_path):
         for ax in panels:
             assert not box.overlaps(ax.get_tightbbox(renderer)), ax.get_title()
         assert not box.overlaps(fig._suptitle.get_window_extent(renderer))
+
+
+def test_a_panel_spans_its_budget_or_its_furthest_curve(tmp_path):
+    """`budgets` (the campaign report): a task's panel runs from 0 to its budget while its runs
+    are short of it, and to its furthest curve once one goes past it; tasks without a budget
+    keep matplotlib's own span."""
+    from matplotlib.figure import Figure
+
+    from odepolicy.plotting import plot_runs
+
+    for task in ("Swimmer-v5", "Hopper-v5", "HalfCheetah-v5"):
+        for seed in (0, 1):  # evaluations to 300 (seed 0) and 342 env steps: the mean ends at 300
+            _write_run(tmp_path / f"{task}_linear_s{seed}", task, "linear", seed,
+                       _synthetic_rows(seed, 2.0))  # fmt: skip
+    captured = []
+    original = Figure.savefig
+
+    def grab(self, *args, **kwargs):
+        captured.append(self)
+        return original(self, *args, **kwargs)
+
+    Figure.savefig = grab
+    try:
+        runs = [load_run(p) for p in find_runs([tmp_path])]
+        plot_runs(runs, tmp_path / "out.png", budgets={"Swimmer-v5": 10_000, "Hopper-v5": 100})
+    finally:
+        Figure.savefig = original
+    spans = {ax.get_title(): ax.get_xlim() for ax in captured[-1].axes if ax.get_visible()}
+    assert spans["Swimmer-v5"] == pytest.approx((0.0, 10_200.0))
+    assert spans["Hopper-v5"] == pytest.approx((0.0, 1.02 * 300))  # past the budget of 100
+    assert spans["HalfCheetah-v5"][0] > 0  # matplotlib's span: from the first point, less a margin
