@@ -738,6 +738,7 @@ def _finish_confirm(campaign: Campaign, unit: Unit) -> None:
         "score": run_score(evals),
         "env_steps": int(counters.get("env_steps", 0)),
         "wall_seconds": float(counters.get("wall_seconds", 0.0)),
+        "cpu_seconds": float(counters.get("cpu_seconds", counters.get("wall_seconds", 0.0))),
     }
     path = campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed)
     _write_atomic(path, json.dumps(record, indent=1) + "\n")
@@ -973,8 +974,9 @@ class Runner:
 
 # -- status --------------------------------------------------------------------------------------
 def _trial_seconds(study) -> list[tuple[float, float]]:
-    """(seconds, env steps) of each finished trial: its wall time on one core, and its budget
-    share (a pruned trial ran to the tenth it was pruned at)."""
+    """(seconds, env steps) of each finished trial: the CPU time of its runs (its wall time,
+    for a trial recorded before tune kept it), and its budget share (a pruned trial ran to the
+    tenth it was pruned at)."""
     import optuna
 
     S = optuna.trial.TrialState
@@ -982,7 +984,9 @@ def _trial_seconds(study) -> list[tuple[float, float]]:
     for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)):
         if not (t.datetime_start and t.datetime_complete):
             continue
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        seconds = t.user_attrs.get("cpu_seconds") or (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+        )
         budget = next(
             (int(o.split("=", 1)[1]) for o in t.user_attrs.get("overrides", [])
              if o.startswith("max_env_steps=")),
@@ -1049,9 +1053,11 @@ def status_rows(campaign: Campaign) -> list[dict]:
                         row["left"] += 1
                         row["left_steps"] += max(0, budget - steps)
                         if steps:
+                            more = max(0, budget - steps) * seconds / steps
                             row["started"].append(
                                 f"{unit.name}: {steps:,} of {budget:,} env steps "
-                                f"({100 * steps / budget:.0f}%)"
+                                f"({100 * steps / budget:.0f}%), about {_hours(more)} "
+                                "core-hours more at its rate so far"
                             )
             rows.append(row)
 
@@ -1095,7 +1101,8 @@ def _counters(run: RunDir) -> tuple[float, int]:
         counters = run.checkpoint_counters() or {}
     except OdepolicyError:
         counters = {}
-    return float(counters.get("wall_seconds", 0.0)), int(counters.get("env_steps", 0))
+    seconds = counters.get("cpu_seconds", counters.get("wall_seconds", 0.0))
+    return float(seconds), int(counters.get("env_steps", 0))
 
 
 def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
@@ -1116,7 +1123,8 @@ def _unit_cost(campaign: Campaign, unit: Unit) -> tuple[float, int, int]:
         record = _read_score(campaign.confirm_score(unit.task, unit.method, unit.trial, unit.seed))
         budget = campaign.spec.explore.budget
         if record is not None:
-            return float(record["wall_seconds"]), int(record["env_steps"]), budget
+            seconds = record.get("cpu_seconds", record["wall_seconds"])
+            return float(seconds), int(record["env_steps"]), budget
         run = campaign.confirm_run(unit.task, unit.method, unit.trial, unit.seed)
     else:
         budget = campaign.tasks[unit.task].budget
@@ -1158,8 +1166,9 @@ def print_status(campaign: Campaign) -> list[dict]:
     print(
         "units: explore = one study per (task, method); confirm = one run per (top trial, seed); "
         "evaluate = one run per seed; extend = a task's one run continued past its budget. "
-        "core-hours: one core per local process; the estimate "
-        "uses each task's measured seconds per env step (per trial for explore), with rates "
+        "core-hours: the CPU time of each unit's process (its wall time, for work recorded "
+        "before odepolicy counted CPU time); the estimate uses each task's measured "
+        "seconds per env step (per trial for explore), with rates "
         "from studies run elsewhere scaled by this campaign's measured runs."
     )
     if any(r["borrowed"] for r in rows):

@@ -66,6 +66,10 @@ class Counters:
     env_steps: int = 0
     episodes: int = 0
     wall_seconds: float = 0.0
+    # CPU time of the training process over its iterations (all of a local run's work; a Ray
+    # run's driver only): unlike wall_seconds, not inflated by a process stopped or sharing its
+    # core. A checkpoint from before this counter starts it at its wall_seconds.
+    cpu_seconds: float = 0.0
     failed_total: int = 0
     target_reached: bool = False  # the last evaluation reached config.target_return
     best_eval: float | None = None  # the best evaluation mean so far (best.npz's centre)
@@ -133,7 +137,9 @@ class TrainState:
         try:
             self.es.load_state_dict(_strip_prefix(_ES, arrays))
             self.normalizer = ObsNormalizer.from_state(_strip_prefix(_NORM, arrays))
-            self.counters = Counters(**meta["counters"])
+            counters = dict(meta["counters"])
+            counters.setdefault("cpu_seconds", counters.get("wall_seconds", 0.0))
+            self.counters = Counters(**counters)
         except (KeyError, TypeError, ValueError) as exc:
             raise OdepolicyError(f"checkpoint state does not fit this run ({exc})") from None
         if self.es.center.shape != (self.es.layout.size,):

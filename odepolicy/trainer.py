@@ -135,7 +135,7 @@ class Trainer:
             for logger in self.loggers:
                 logger.start(self)
             while not self.done():
-                t_start = time.perf_counter()
+                t_start, cpu_start = time.perf_counter(), time.process_time()
                 try:
                     row = self.iterate()
                 except Exception:
@@ -151,6 +151,7 @@ class Trainer:
                         eval_return_mean=self.last_eval[0], eval_return_std=self.last_eval[1]
                     )
                 self.counters.wall_seconds += time.perf_counter() - t_start
+                self.counters.cpu_seconds += time.process_time() - cpu_start
                 latest = it % cfg.checkpoint_every == 0 or self.done()
                 row.update(
                     iteration=it,

@@ -241,7 +241,22 @@ def _objective(
         # value) and asks the pruner again: its process may have died between the two.
         reported = max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=1)
         reported -= 1
-        scores = []
+        scores, runs = [], []
+        try:
+            return _runs(trial, sets, taken_over, reported, scores, runs)
+        finally:  # the trial's CPU time, for `campaign status` (pruned and failed trials too)
+            cpu = 0.0
+            for run in runs:
+                try:
+                    cpu += float((run.checkpoint_counters() or {}).get("cpu_seconds", 0.0))
+                except OdepolicyError:
+                    pass
+            try:  # bookkeeping: it must not replace the trial's own outcome (pruned, failed)
+                trial.set_user_attr("cpu_seconds", cpu)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _runs(trial, sets, taken_over, reported, scores, runs) -> float:
         for k in range(seeds):
             # One seed: `trial_NNNN`. Several: `trial_NNNN_sS`, one after another; only the
             # first seed's curve is reported to the pruner.
@@ -250,6 +265,7 @@ def _objective(
             name = f"trial_{trial.number:04d}" + (f"_s{config.seed}" if seeds > 1 else "")
             logger = _PruningLogger(trial, budget, report=(k == 0), reported=reported)
             run = RunDir(out / name)
+            runs.append(run)
             state = _run_state(run, config) if taken_over else "empty"
             try:
                 if state == "finished":

@@ -140,8 +140,22 @@ def test_tiny_campaign_killed_twice_finishes_with_the_numbers_of_an_uninterrupte
     assert len([ln for ln in _log(killed) if ln.startswith("done confirm")]) < 4
     # Status names the started units: the killed confirm run with its env steps so far.
     started = started_units(load_campaign(path))
-    pattern = r"confirm/pendulum/\w+/trial_\d{4}_s1: ([\d,]+) of 1,500 env steps \(\d+%\)"
+    pattern = (
+        r"confirm/pendulum/\w+/trial_\d{4}_s1: ([\d,]+) of 1,500 env steps \(\d+%\), about "
+        r"(\d+\.\d\d) core-hours more at its rate so far"
+    )
     assert any(re.fullmatch(pattern, line) for line in started), started
+    for line in started:  # the hours are the unit's own seconds per env step times the rest
+        match = re.fullmatch(pattern, line)
+        if match:
+            name = line.split(":")[0]
+            trial, seed = re.search(r"trial_(\d+)_s(\d+)", name).groups()
+            run = RunDir(studies / name.split("/")[2] / "confirm" / f"trial_{trial}_s{seed}")
+            counters = run.checkpoint_counters()
+            done = counters["env_steps"]
+            rest = (1500 - done) * counters["cpu_seconds"] / done / 3600
+            assert int(match.group(1).replace(",", "")) == done
+            assert float(match.group(2)) == pytest.approx(rest, abs=0.005)
     proc = _start(path)
     log = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, log
@@ -443,7 +457,9 @@ def test_status_estimates_what_is_left_from_the_measured_rates(tmp_path, capsys)
         study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{db}")
         for t in study.trials:  # 3 complete trials each, too few for the pruner
             assert t.state.name == "COMPLETE"
-            seconds += (t.datetime_complete - t.datetime_start).total_seconds()
+            wall = (t.datetime_complete - t.datetime_start).total_seconds()
+            assert 0 < t.user_attrs["cpu_seconds"] < wall  # its runs' CPU time is what counts
+            seconds += t.user_attrs["cpu_seconds"]
             steps += 1500
     rows = {r["stage"]: r for r in status_rows(load_campaign(path))}
     assert (rows["explore"]["done"], rows["explore"]["left"]) == (2, 0)

@@ -424,3 +424,44 @@ def test_a_failed_iteration_logs_the_iterations_before_it_then_checkpoints_them(
     evals = [(r["iteration"], r["eval_return_mean"]) for r in rows if r["eval_return_mean"]]
     assert evals == [(r["iteration"], r["eval_return_mean"]) for r in full if r["eval_return_mean"]]
     assert np.array_equal(_centre(run.path), _centre(full_run))
+
+
+def test_cpu_seconds_leave_out_the_time_a_run_sat_stopped(tmp_path, warm):
+    """`cpu_seconds` (what the campaign counts as core-hours) is the process's CPU time over
+    its iterations: a run stopped three times for a second (SIGSTOP, as a campaign paused for
+    other work) has them in its wall_seconds and not in its cpu_seconds. A checkpoint from
+    before the counter resumes with it at its wall_seconds."""
+    import time
+
+    sets = ["es.directions=32", "horizon=200", "eval_every=1000", "checkpoint_every=1000",
+            "iterations=30", "target_return=null", "max_env_steps=null"]  # fmt: skip
+    argv = ["train", PENDULUM, "--out", str(tmp_path), "--name", "run", *TINY]
+    argv += [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "odepolicy.cli", *argv])
+    progress = tmp_path / "run" / "progress.csv"
+    deadline = time.monotonic() + 120
+    while not (progress.is_file() and len(progress.read_text().splitlines()) > 2):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    for _ in range(3):
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+    assert proc.wait(timeout=300) == 0
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.npz")
+    c = meta["counters"]
+    assert c["iteration"] == 30 and 0 < c["cpu_seconds"]
+    # Each stop falls inside an iteration unless it hits the moment between two (a write of
+    # progress.csv): at least two of the three seconds are in wall time and not in CPU time.
+    assert c["wall_seconds"] - c["cpu_seconds"] > 1.8, c
+    # An old checkpoint (no cpu_seconds) resumes counting from its wall time.
+    old = tmp_path / "old"
+    shutil.copytree(warm, old)
+    arrays, meta = read_checkpoint(old / "checkpoints" / "latest.npz")
+    del meta["counters"]["cpu_seconds"]
+    meta["counters"]["wall_seconds"] = 1000.0
+    save_checkpoint(old / "checkpoints" / "latest.npz", arrays, meta)
+    assert _resume(old, "iterations=3") == 0
+    _, after = read_checkpoint(old / "checkpoints" / "latest.npz")
+    assert 1000.0 < after["counters"]["cpu_seconds"] < 1000.0 + 60

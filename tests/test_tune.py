@@ -42,6 +42,13 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
         run = RunDir(out / f"trial_{n:04d}")
         assert run.is_run(), run.path
         assert run.read_config().max_env_steps == 600
+    import optuna
+
+    # Each trial keeps its run's CPU time (what `campaign status` counts as its core-hours).
+    study = optuna.load_study(study_name="odepolicy", storage=f"sqlite:///{out / 'study.sqlite3'}")
+    for t in study.trials:
+        cpu = RunDir(out / f"trial_{t.number:04d}").checkpoint_counters()["cpu_seconds"]
+        assert t.user_attrs["cpu_seconds"] == cpu > 0
     best = out / "best.yaml"
     text = best.read_text()
     assert text.startswith("# Found by `odepolicy tune")
@@ -55,7 +62,6 @@ def test_tune_writes_a_study_and_a_best_config_and_resumes(tmp_path, capsys):
     assert main([*args, "--trials", "5"]) == 0
     assert [n for n, _ in _trials(db)] == [0, 1, 2, 3, 4]
     assert "3 trials done, 2 to run" in capsys.readouterr().out
-    import optuna
 
     def settings(folder: Path) -> list[tuple]:
         storage = f"sqlite:///{folder / 'study.sqlite3'}"
