@@ -1004,6 +1004,7 @@ def status_rows(campaign: Campaign) -> list[dict]:
     rows = []
     measured: dict[str, list[tuple[float, float]]] = {}  # task -> explore (seconds, steps)
     runs: dict[str, list[tuple[float, float]]] = {}  # task -> confirm/evaluate (seconds, steps)
+    by_method: dict[tuple, list[tuple[float, float]]] = {}  # (task, method) -> the same
     explore_trial_s: dict[str, list[float]] = {}
     for task in c.tasks:
         measured[task], explore_trial_s[task], runs[task] = [], [], []
@@ -1012,6 +1013,7 @@ def status_rows(campaign: Campaign) -> list[dict]:
                 continue
             row = {"task": task, "stage": stage, "done": 0, "left": 0, "spent_s": 0.0}
             row["left_steps"], row["left_trials"], row["unknown"] = 0.0, 0, 0
+            row["left_by_method"] = Counter()  # method -> env steps left (runs)
             row["started"] = []  # started, unfinished units, one line each
             for method in c.task_methods(task):
                 units = stage_units(c, task, method, stage)
@@ -1041,17 +1043,20 @@ def status_rows(campaign: Campaign) -> list[dict]:
                         n, budget = 1, c.tasks[task].extend.budget - c.tasks[task].budget
                     row["left"] += n
                     row["left_steps"] += n * budget
+                    row["left_by_method"][method] += n * budget
                     continue
                 for unit in units:
                     seconds, steps, budget = _unit_cost(c, unit)
                     row["spent_s"] += seconds
                     if steps:
                         runs[task].append((seconds, float(steps)))
+                        by_method.setdefault((task, method), []).append((seconds, float(steps)))
                     if unit_done(c, unit):
                         row["done"] += 1
                     else:
                         row["left"] += 1
                         row["left_steps"] += max(0, budget - steps)
+                        row["left_by_method"][method] += max(0, budget - steps)
                         if steps:
                             more = max(0, budget - steps) * seconds / steps
                             row["started"].append(
@@ -1078,8 +1083,17 @@ def status_rows(campaign: Campaign) -> list[dict]:
             mean = float(np.mean(per_trial)) * factor if per_trial else math.nan
             row["left_s"] = row["left_trials"] * mean if row["left_trials"] else 0.0
         else:
+            # A method's own runs price its steps (Humanoid's ISO-ODEtoODE at h = 64 costs
+            # several times its linear policy); else the task's runs; else its studies' rate.
             r = rate(runs[task]) if runs[task] else explore_rate[task] * factor
-            row["left_s"] = row["left_steps"] * r if row["left_steps"] else 0.0
+            row["left_s"] = (
+                sum(
+                    n * (rate(by_method[task, m]) if (task, m) in by_method else r)
+                    for m, n in row["left_by_method"].items()
+                    if n
+                )
+                + 0.0
+            )
         # No unit of the task measured yet: its rate is the other tasks' (Humanoid's physics
         # is several times theirs), which the status and the report mark.
         row["borrowed"] = bool(row["left_s"]) and not (measured[task] or runs[task])

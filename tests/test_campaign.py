@@ -806,3 +806,30 @@ def test_an_extend_run_continues_one_evaluation_run_as_one_straight_run_would(tm
         assert main(["campaign", "status", str(bad)]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_status_prices_each_method_at_its_own_measured_rate(tmp_path):
+    """Runs of a task price what is left of the same method (ISO-ODEtoODE at h = 64 and linear
+    differ several times on Humanoid); a method none of whose runs has started takes the task's
+    rate over all its runs."""
+    fixed = {"base": str(tmp_path / "base.yaml"), "budget": 600, "tune": False, "seeds": [7]}
+    path = _campaign(tmp_path, tasks={"fixed": fixed})
+    assert main(["campaign", "run", str(path), "--quiet"]) == 0
+    cost = {}
+    for method in ("iso_odetoode", "linear"):
+        counters = RunDir(tmp_path / "results" / "fixed" / method / "s7").checkpoint_counters()
+        cost[method] = (counters["cpu_seconds"], counters["env_steps"])
+    rate = {m: s / n for m, (s, n) in cost.items()}
+    assert rate["iso_odetoode"] != rate["linear"]
+    # One more seed: one unit of each method left, each priced at its own rate.
+    more = _campaign(tmp_path, tasks={"fixed": {**fixed, "seeds": [7, 8]}})
+    row = {r["stage"]: r for r in status_rows(load_campaign(more))}["evaluate"]
+    assert (row["done"], row["left"]) == (2, 2)
+    assert row["left_s"] == pytest.approx(600 * (rate["iso_odetoode"] + rate["linear"]), rel=1e-9)
+    # A third method with no run takes the task's rate: all its runs' seconds over their steps.
+    methods = {**yaml.safe_load(more.read_text())["methods"], "deepnet": {"policy": "deepnet"}}
+    third = _campaign(tmp_path, tasks={"fixed": {**fixed, "seeds": [7, 8]}}, methods=methods)
+    row = {r["stage"]: r for r in status_rows(load_campaign(third))}["evaluate"]
+    task_rate = sum(s for s, _ in cost.values()) / sum(n for _, n in cost.values())
+    expected = 600 * (rate["iso_odetoode"] + rate["linear"]) + 2 * 600 * task_rate
+    assert row["left"] == 4 and row["left_s"] == pytest.approx(expected, rel=1e-9)
