@@ -230,16 +230,9 @@ def climbing(env_steps, returns, budget: int) -> tuple[bool, float, float]:
     without an evaluation gives nan and False."""
     steps, rets = np.asarray(env_steps, dtype=float), np.asarray(returns, dtype=float)
     hi, mid, lo = budget, (1 - CLIMB_WINDOW) * budget, (1 - 2 * CLIMB_WINDOW) * budget
-    last = rets[(steps > mid) & (steps <= hi)]
-    before = rets[(steps > lo) & (steps <= mid)]
-    if not (len(last) and len(before)):
-        return (
-            False,
-            float(np.mean(last)) if len(last) else math.nan,
-            (float(np.mean(before)) if len(before) else math.nan),
-        )
-    a, b = float(np.mean(last)), float(np.mean(before))
-    return a > b, a, b
+    windows = (rets[(steps > mid) & (steps <= hi)], rets[(steps > lo) & (steps <= mid)])
+    last, before = (float(np.mean(w)) if len(w) else math.nan for w in windows)
+    return bool(last > before), last, before  # False when either is nan
 
 
 def load_campaign(path: str | Path) -> Campaign:
@@ -1086,13 +1079,12 @@ def status_rows(campaign: Campaign) -> list[dict]:
             # A method's own runs price its steps (Humanoid's ISO-ODEtoODE at h = 64 costs
             # several times its linear policy); else the task's runs; else its studies' rate.
             r = rate(runs[task]) if runs[task] else explore_rate[task] * factor
-            row["left_s"] = (
+            row["left_s"] = float(
                 sum(
                     n * (rate(by_method[task, m]) if (task, m) in by_method else r)
                     for m, n in row["left_by_method"].items()
                     if n
                 )
-                + 0.0
             )
         # No unit of the task measured yet: its rate is the other tasks' (Humanoid's physics
         # is several times theirs), which the status and the report mark.
