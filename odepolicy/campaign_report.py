@@ -143,9 +143,9 @@ def _extended_section(campaign: Campaign, extended: dict) -> str:
         if not go:
             lines += [text + ": no longer climbing, not continued.", ""]
             continue
-        text += ": continued." if e.if_climbing else "."
-        if run is None or not len(run.returns):
-            lines += [text + " The continuation has not logged an evaluation yet.", ""]
+        text += ": still climbing." if e.if_climbing else "."
+        if run is None or not len(run.returns):  # the copy is made when its unit starts
+            lines += [text + " The continuation starts once the task's other units are done.", ""]
             continue
         state = _run_state(campaign.extend_run(task))
         done = "finished" if state == "finished" else f"{run.final_env_steps:,} env steps so far"
