@@ -203,17 +203,18 @@ def _entries(mapping: dict, cls, section: str) -> dict:
     return out
 
 
-def _extend_spec(task: TaskSpec, key: str, methods: dict, default_seeds) -> ExtendSpec | None:
+def _extend_spec(campaign: Campaign, key: str) -> ExtendSpec | None:
+    task = campaign.tasks[key]
     if not task.extend:
         return None
     e = build_typed(ExtendSpec, task.extend, f"tasks.{key}.extend.", "campaign key")
     where = f"tasks.{key}.extend"
-    runs = [m for m in methods if not task.methods or m in task.methods]
+    runs = campaign.task_methods(key)
     if e.method not in runs:
         raise OdepolicyError(
             f"{where}.method must be one of the task's methods ({', '.join(runs)})"
         )
-    seeds = task.seeds or default_seeds
+    seeds = campaign.eval_seeds(key)
     if e.seed not in seeds:
         raise OdepolicyError(
             f"{where}.seed must be one of the task's evaluation seeds "
@@ -272,7 +273,6 @@ def load_campaign(path: str | Path) -> Campaign:
                 t.methods[method] = _sets(sets or [], f"tasks.{key}.methods.{method}")
             if t.checkpoint_every is not None and t.checkpoint_every < 1:
                 raise OdepolicyError(f"tasks.{key}.checkpoint_every must be a positive integer")
-            t.extend = _extend_spec(t, key, methods, spec.evaluate.seeds)
         ex, co, ev = spec.explore, spec.confirm, spec.evaluate
         if ex.trials < 1 or ex.budget < 1:
             raise OdepolicyError("explore.trials and explore.budget must be positive")
@@ -287,6 +287,8 @@ def load_campaign(path: str | Path) -> Campaign:
             if not seeds or len(set(seeds)) != len(seeds):
                 raise OdepolicyError(f"{what} must be a non-empty list of distinct seeds")
         campaign = Campaign(path, spec, methods, tasks)
+        for key, t in tasks.items():
+            t.extend = _extend_spec(campaign, key)  # its method and seed: the task's own
         for task, t in tasks.items():  # every config the campaign will build, checked now
             seeds = campaign.eval_seeds(task)
             if len(set(seeds)) != len(seeds):
@@ -351,13 +353,14 @@ class Campaign:
         e = self.tasks[task].extend
         return RunDir(self.extended / task / e.method / f"s{e.seed}") if e else None
 
-    def extend_decision(self, task: str) -> tuple[bool, float, float]:
+    def extend_decision(self, task: str, run=None) -> tuple[bool, float, float]:
         """(continue, mean of the last window, mean of the window before) for a task's `extend`
-        run at the task's budget (read from its evaluation run, which must be finished)."""
+        run at the task's budget, from its evaluation run (which must be finished; `run`: that
+        run already loaded by `plotting.load_run`)."""
         from .plotting import load_run
 
         e = self.tasks[task].extend
-        run = load_run(self.eval_run(task, e.method, e.seed).path)
+        run = run or load_run(self.eval_run(task, e.method, e.seed).path)
         up, last, before = climbing(run.env_steps, run.returns, self.tasks[task].budget)
         return (up or not e.if_climbing), last, before
 

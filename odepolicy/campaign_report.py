@@ -131,8 +131,8 @@ def _extended_section(campaign: Campaign, extended: dict) -> str:
         if _run_state(source) != "finished":
             lines += [text + " Its evaluation run has not finished.", ""]
             continue
-        go, last, before = campaign.extend_decision(task)
         base = load_run(source.path)
+        go, last, before = campaign.extend_decision(task, base)
         at = f" At {_steps(t.budget)}: final return "
         at += f"{base.returns[-1]:.1f}" if len(base.returns) else "none (no evaluation)"
         if np.isfinite(last) and np.isfinite(before):
