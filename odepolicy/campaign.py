@@ -569,6 +569,14 @@ def _check_readable(run: RunDir) -> None:
         ) from exc
 
 
+def _readable_state(run: RunDir) -> str:
+    """`_run_state` for a run a unit is about to train: an unreadable one is an error."""
+    state = _run_state(run)
+    if state == "unreadable":
+        _check_readable(run)
+    return state
+
+
 # -- units ---------------------------------------------------------------------------------------
 @dataclass
 class Unit:
@@ -681,9 +689,7 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
         return cmd + [a for s in sets for a in ("--set", s)]
     if unit.stage == "extend":
         run = campaign.extend_run(unit.task)
-        state = _run_state(run)
-        if state == "unreadable":
-            _check_readable(run)
+        state = _readable_state(run)
         if state == "finished":
             return []
         if state == "empty":
@@ -705,9 +711,7 @@ def unit_command(campaign: Campaign, unit: Unit, backend: list[str]) -> list[str
         if not Path(config_path).is_file():  # written here, not when units are listed (status)
             write = write_pick if task.tune else write_fixed_pick
             write(campaign, unit.task, unit.method)
-    state = _run_state(run)
-    if state == "unreadable":
-        _check_readable(run)
+    state = _readable_state(run)
     if state == "finished":  # it ended as the campaign was stopped: only bookkeeping is left
         return []
     if state == "resumable":  # the run folder's config.yaml holds its settings

@@ -121,10 +121,10 @@ def _extended_section(campaign: Campaign, extended: dict) -> str:
             if e.if_climbing
             else "whatever its curve"
         )
-        where = campaign.extend_run(task).path
+        copy = campaign.extend_run(task)
         text = (
             f"**{task}**: {e.method} seed {e.seed} continues from {_steps(t.budget)} to "
-            f"{_steps(e.budget)} env steps {rule}, in `{where}/`; the table above keeps every "
+            f"{_steps(e.budget)} env steps {rule}, in `{copy.path}/`; the table above keeps every "
             "method at the budget, the figure draws the continuation as "
             f"'{extend_label(campaign, task)}'."
         )
@@ -147,8 +147,9 @@ def _extended_section(campaign: Campaign, extended: dict) -> str:
         if run is None or not len(run.returns):  # the copy is made when its unit starts
             lines += [text + " The continuation starts once the task's other units are done.", ""]
             continue
-        state = _run_state(campaign.extend_run(task))
-        done = "finished" if state == "finished" else f"{run.final_env_steps:,} env steps so far"
+        done = f"{run.final_env_steps:,} env steps so far"
+        if _run_state(copy) == "finished":
+            done = "finished"
         text += (
             f" The continuation ({done}): final return {run.returns[-1]:.1f}, best "
             f"{run.returns.max():.1f}"
