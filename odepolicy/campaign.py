@@ -1179,9 +1179,9 @@ def print_status(campaign: Campaign) -> list[dict]:
     print(
         "units: explore = one study per (task, method); confirm = one run per (top trial, seed); "
         "evaluate = one run per seed; extend = a task's one run continued past its budget. "
-        "core-hours: the CPU time of each unit's process (its wall time, for work recorded "
-        "before odepolicy counted CPU time); the estimate uses each task's measured "
-        "seconds per env step (per trial for explore), with rates "
+        "core-hours: the CPU time of each unit's processes, a Ray run's actors included (its "
+        "wall time, for work recorded before odepolicy counted CPU time); the estimate uses "
+        "each task's measured seconds per env step (per trial for explore), with rates "
         "from studies run elsewhere scaled by this campaign's measured runs."
     )
     if any(r["borrowed"] for r in rows):
@@ -1190,13 +1190,21 @@ def print_status(campaign: Campaign) -> list[dict]:
 
 
 # -- command line --------------------------------------------------------------------------------
-def _backend_sets(address: str | None, parallel: int) -> list[str]:
-    if not address:
-        return []
-    from .sweep import cluster_cpus
+def _backend_sets(address: str | None, parallel: int, workers: int | None = None) -> list[str]:
+    """Where each unit runs its rollouts, stated on every unit's command line (a resumed run
+    keeps the backend of its config.yaml otherwise): on the cluster at `address` with `workers`
+    actors (default: a fair share of its CPUs); without one, in the unit's own process, or on
+    `workers` > 1 actors of a Ray instance the unit starts. The backend changes no result."""
+    if workers is not None and workers < 1:
+        raise OdepolicyError(f"--workers must be at least 1, got {workers}")
+    if address:
+        from .sweep import cluster_cpus
 
-    workers = max(1, cluster_cpus(address) // parallel)
-    return ["backend.name=ray", f"backend.address={address}", f"backend.workers={workers}"]
+        workers = workers or max(1, cluster_cpus(address) // parallel)
+        return ["backend.name=ray", f"backend.address={address}", f"backend.workers={workers}"]
+    if workers is not None and workers > 1:
+        return ["backend.name=ray", "backend.address=null", f"backend.workers={workers}"]
+    return ["backend.name=local"]
 
 
 def campaign_command(args) -> int:
@@ -1225,7 +1233,7 @@ def campaign_command(args) -> int:
                 f"{campaign.path} has no {what} {unknown[0]!r}; it has {', '.join(known)}"
             )
     tasks, methods = args.task or list(campaign.tasks), args.method or list(campaign.methods)
-    backend = _backend_sets(args.address, parallel)
+    backend = _backend_sets(args.address, parallel, args.workers)
     runner = Runner(campaign, parallel, backend, stages, args.quiet, tasks, methods)
     runner.say(
         f"{campaign.path}: {len(tasks)} tasks x {len(methods)} methods, "

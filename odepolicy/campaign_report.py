@@ -493,9 +493,10 @@ def reading(
         f"| all | | {sum(r['done'] for r in status)} | {sum(r['left'] for r in status)} | "
         f"{_hours(spent)} | {_hours(left)} |",
         "",
-        "Core-hours are the CPU time of each unit's process, on the machines the units ran on "
-        "(its wall time, for work recorded before odepolicy counted CPU time, where minutes a "
-        "stopped campaign sat count too); the estimate left uses the rates measured so far."
+        "Core-hours are the CPU time of each unit's processes (a Ray run's actors included), on "
+        "the machines the units ran on (its wall time, for work recorded before odepolicy "
+        "counted CPU time, where minutes a stopped campaign sat count too); the estimate left "
+        "uses the rates measured so far."
         + (f" ({BORROWED}.)" if any(r.get("borrowed") for r in status) else "")
         + (f" Evaluation runs: {_machines(run_paths)}." if run_paths else ""),
         "",

@@ -66,9 +66,10 @@ class Counters:
     env_steps: int = 0
     episodes: int = 0
     wall_seconds: float = 0.0
-    # CPU time of the training process over its iterations (all of a local run's work; a Ray
-    # run's driver only): unlike wall_seconds, not inflated by a process stopped or sharing its
-    # core. A checkpoint from before this counter starts it at its wall_seconds.
+    # CPU time over the iterations: the training process's, and a Ray run's actors' on its
+    # rollouts (time an actor spends idle or starting is not counted). Unlike wall_seconds, not
+    # inflated by a process stopped or sharing its core. A checkpoint from before this counter
+    # starts it at its wall_seconds.
     cpu_seconds: float = 0.0
     failed_total: int = 0
     target_reached: bool = False  # the last evaluation reached config.target_return

@@ -127,6 +127,10 @@ class Trainer:
     def done(self) -> bool:
         return budget_spent(self.config, self.counters)
 
+    def _cpu_seconds(self) -> float:
+        """This process's CPU time and its backend's workers' (a Ray run's actors) so far."""
+        return time.process_time() + self.backend.remote_cpu_seconds
+
     def train(self) -> dict:
         """Iterate until the budget is spent; log every iteration, checkpoint as configured."""
         cfg = self.config
@@ -135,7 +139,7 @@ class Trainer:
             for logger in self.loggers:
                 logger.start(self)
             while not self.done():
-                t_start, cpu_start = time.perf_counter(), time.process_time()
+                t_start, cpu_start = time.perf_counter(), self._cpu_seconds()
                 try:
                     row = self.iterate()
                 except Exception:
@@ -151,7 +155,7 @@ class Trainer:
                         eval_return_mean=self.last_eval[0], eval_return_std=self.last_eval[1]
                     )
                 self.counters.wall_seconds += time.perf_counter() - t_start
-                self.counters.cpu_seconds += time.process_time() - cpu_start
+                self.counters.cpu_seconds += self._cpu_seconds() - cpu_start
                 latest = it % cfg.checkpoint_every == 0 or self.done()
                 row.update(
                     iteration=it,

@@ -495,7 +495,8 @@ def _free_port() -> int:
 
 def test_a_campaign_on_a_ray_cluster_gives_the_numbers_of_a_local_one(tmp_path):
     """`campaign run --address`: every unit runs its rollouts on a real Ray cluster (a head
-    started here with `ray start --block`, token auth as Ray 2.60 sets it up), with the same
+    started here with `ray start --block`, token auth as Ray 2.60 sets it up), and with
+    `--parallel 1 --workers 2` on two actors of a Ray instance each unit starts, with the same
     centres bit for bit as the same campaign run locally."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the session's RAY_AUTH_TOKEN (conftest)
@@ -508,26 +509,36 @@ def test_a_campaign_on_a_ray_cluster_gives_the_numbers_of_a_local_one(tmp_path):
     try:
         tasks = {"fixed": {"base": str(tmp_path / "base.yaml"), "budget": 600, "tune": False}}
         runs = {}
-        for where, extra in (("local", []), ("ray", ["--address", f"127.0.0.1:{port}"])):
+        for where, extra in (
+            ("local", []),
+            ("ray", ["--address", f"127.0.0.1:{port}"]),
+            ("workers", ["--parallel", "1", "--workers", "2"]),
+        ):
             path = _campaign(tmp_path / where, tasks=tasks, evaluate={"seeds": [3]})
             (tmp_path / "base.yaml").write_text((tmp_path / where / "base.yaml").read_text())
             cmd = [sys.executable, "-m", "odepolicy.cli", "campaign", "run", str(path), *extra]
             deadline = time.monotonic() + 120
             while True:  # the head takes a while to come up on a busy machine
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-                if proc.returncode == 0 or time.monotonic() > deadline or not extra:
+                if proc.returncode == 0 or time.monotonic() > deadline or where != "ray":
                     break
                 time.sleep(3)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             runs[where] = tmp_path / where / "results" / "fixed"
         for method in ("linear", "iso_odetoode"):
-            config = yaml.safe_load((runs["ray"] / method / "s3" / "config.yaml").read_text())
-            assert config["backend"]["name"] == "ray" and config["backend"]["workers"] == 1
+            backends = {
+                w: yaml.safe_load((runs[w] / method / "s3" / "config.yaml").read_text())["backend"]
+                for w in runs
+            }
+            assert backends["local"]["name"] == "local"
+            assert backends["ray"]["name"] == "ray" and backends["ray"]["workers"] == 1
+            assert backends["workers"] == {"name": "ray", "workers": 2, "address": None}
             centres = [
                 read_checkpoint(runs[w] / method / "s3" / "checkpoints" / "latest.npz")[0]
-                for w in ("local", "ray")
+                for w in runs
             ]
-            assert centres[0]["es.center"].tobytes() == centres[1]["es.center"].tobytes()
+            for other in centres[1:]:
+                assert centres[0]["es.center"].tobytes() == other["es.center"].tobytes()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)

@@ -126,6 +126,34 @@ def test_killed_actor_is_replaced_and_its_work_rerun(ray_session):
     assert ray_session.is_initialized()
 
 
+def test_ray_actors_cpu_time_is_counted(ray_session):
+    """A Ray run's core-hours include its actors' CPU time on rollouts: the same rollouts cost
+    the actors about what they cost a local backend in this process, and the driver's own CPU
+    time (mostly waiting) is far less. A local backend reports no CPU time elsewhere."""
+    horizon, directions = 1000, 8  # Swimmer never terminates early: about 1 s of work
+    backend = make_backend("ray", "Swimmer-v5", POLICY, workers=2)
+    local = make_backend("local", "Swimmer-v5", POLICY)
+    try:
+        theta = local.worker.policy.init(np.random.default_rng(0))
+        task = RolloutTask(theta, horizon, NoiseSpec(3, len(theta), directions, 0.1))
+        indices = list(range(2 * directions))
+        warm = RolloutTask(theta, 20, NoiseSpec(4, len(theta), directions, 0.1))
+        backend.evaluate(warm, indices)  # imports and compiled kernels loaded, not counted
+        local.evaluate(warm, indices)
+        before, driver = backend.remote_cpu_seconds, time.process_time()
+        backend.evaluate(task, indices)
+        remote, driver = backend.remote_cpu_seconds - before, time.process_time() - driver
+        cpu = time.process_time()
+        local.evaluate(task, indices)
+        alone = time.process_time() - cpu
+        assert local.remote_cpu_seconds == 0.0
+        assert 0.5 * alone < remote < 2.0 * alone, (remote, alone)
+        assert driver < 0.5 * remote, (driver, remote)
+    finally:
+        backend.close()
+        local.close()
+
+
 def test_cli_joins_an_existing_cluster(tmp_path):
     # Ray >= 2.5x clusters use token authentication: a driver joining by address needs
     # RAY_AUTH_MODE=token and the cluster's token (here in RAY_AUTH_TOKEN, not ~/.ray).

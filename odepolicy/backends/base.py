@@ -21,6 +21,9 @@ class Backend(ABC):
     def __init__(self) -> None:
         # Events a run should log (e.g. actor restarts); counters only ever grow.
         self.counters: dict[str, int] = {"worker_restarts": 0}
+        # CPU seconds workers in other processes spent on this backend's rollouts (0 for a
+        # backend that runs them in the calling process, whose own CPU time counts them).
+        self.remote_cpu_seconds = 0.0
 
     @property
     @abstractmethod

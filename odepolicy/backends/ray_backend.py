@@ -266,8 +266,11 @@ class _RolloutActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: RolloutTask, indices: list[int]) -> list[PerturbationResult]:
-        return self.worker.run(task, indices)
+    def run(self, task: RolloutTask, indices: list[int]) -> tuple[list[PerturbationResult], float]:
+        """The chunk's results and the CPU seconds this process spent on them."""
+        cpu = time.process_time()
+        results = self.worker.run(task, indices)
+        return results, time.process_time() - cpu
 
     def peak_memory_mb(self) -> float:
         import resource
@@ -473,7 +476,9 @@ class _Round:
             if is_probe:
                 slot.pid, slot.ready_ref = int(value), None
                 continue
-            for r in value:
+            results, cpu = value
+            backend.remote_cpu_seconds += cpu
+            for r in results:
                 if r.index in self.results:  # pragma: no cover - would be a scheduling bug
                     raise RuntimeError(f"perturbation {r.index} evaluated twice")
                 self.results[r.index] = _own(r)
