@@ -674,6 +674,27 @@ def test_the_claim_paragraph_says_holds_or_not_and_stays_provisional_until_every
             rows[2] = _row(env, "deepnet", 3, final, threshold=300.0)
             text = _claim_paragraph(env, rows, done, campaign)
             assert text.endswith("the claim holds here. " + says), text
+        # Humanoid's case: ODEtoODE first by less than the spread over seeds, and under the
+        # bar that says the paper's non-learner does not learn
+        claim = ("best", "ODEtoODE is the best; DeepNet does not learn", ("deepnet",))
+        module.PAPER_CLAIMS[env] = claim
+        close = [_row(env, "iso_odetoode", 1, 200.0, threshold=900.0),
+                 _row(env, "deepnet", 2, 199.5, threshold=900.0),
+                 _row(env, "iso_odetoode_skip", 3, 100.0, threshold=900.0)]  # fmt: skip
+        text = _claim_paragraph(env, close, done, campaign)
+        assert (
+            "iso_odetoode, ranks 1 of 3, ahead of deepnet by 0.5, less than the larger of their "
+            "spreads over seeds (1.0): the claim holds here by rank, not by a clear margin. "
+            "deepnet ends at 199.5, under a third of ARS's threshold (300): it does not learn "
+            "here either. By the same bar, iso_odetoode (200.0) does not learn here either: the "
+            "contrast the paper draws with deepnet is not seen."
+        ) in text, text
+        close[1]["final_return_mean"] = 198.5  # a clear margin; ODEtoODE past the bar
+        close[0]["final_return_mean"] = 300.0
+        text = _claim_paragraph(env, close, done, campaign)
+        assert "iso_odetoode, ranks 1 of 3: the claim holds here. deepnet ends" in text, text
+        assert text.endswith("it does not learn here either."), text
+        module.PAPER_CLAIMS[env] = ("top2", "ODEtoODE is one of the two best", ("deepnet",))
         # runs not above the zero action on their own episodes are named, with their count
         zero = [
             {"task": env, "method": "deepnet", "seed": s, "final": f, "zero": z}
