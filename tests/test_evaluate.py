@@ -23,7 +23,6 @@ from odepolicy.cli import main
 from odepolicy.envs import env_spec
 from odepolicy.evaluate import evaluate_checkpoint
 from odepolicy.normalizer import ObsNormalizer
-from odepolicy.rollout import RolloutWorker
 
 HOP_W = np.array(
     [
@@ -147,11 +146,23 @@ def test_dm_control_video_uses_the_suites_tracking_camera(tmp_path, capsys):
 
 
 def test_batched_evaluation_equals_single_episodes(hopper, monkeypatch):
-    # Three lockstep batches (3 + 3 + 1) for seven episodes.
-    monkeypatch.setattr(RolloutWorker, "lockstep", 3)
+    # Three lockstep batches (3 + 3 + 1) for seven episodes, the environments reused.
+    import odepolicy.evaluate as module
+
+    sizes = []
+    population = module.evaluate_population
+
+    def counted(policy, thetas, envs, *args):
+        sizes.append(len(thetas))
+        return population(policy, thetas, envs, *args)
+
+    monkeypatch.setattr(module, "lockstep_for", lambda policy: 3)
+    monkeypatch.setattr(module, "evaluate_population", counted)
     kw = {"horizon": 150, "seed": 7}
     for noise in ({}, {"obs_noise": 0.05, "action_noise": 0.2}):
+        sizes.clear()
         batch = evaluate_checkpoint(hopper, episodes=7, **kw, **noise)
+        assert sizes == [3, 3, 1]
         singles = [
             evaluate_checkpoint(hopper, episodes=1, **{**kw, "seed": 7 + k}, **noise)
             for k in range(7)

@@ -252,7 +252,6 @@ def test_load_run_rejects_a_config_without_env(tmp_path):
         load_run(run)
 
 
-@pytest.mark.skipif(not PENDULUM.is_file(), reason="needs experiments/inverted_pendulum.yaml")
 def test_plot_runs_made_by_the_trainer(tmp_path, capsys):
     tiny = [
         "--set", "iterations=2",
