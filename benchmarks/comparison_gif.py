@@ -7,7 +7,8 @@
 Each tile is the start (--frames x --every env steps) of the first evaluation episode (the
 trainer's evaluation seed) of the run `<results>/<task>/<method>/s<seed>` (its latest
 checkpoint), rendered by `odepolicy evaluate`'s own video path and labelled with the method's
-name and the run's final evaluation return (progress.csv). Tiles are laid out
+name and the run's final evaluation return (progress.csv); a tile whose episode ends first
+holds its last frame. Tiles are laid out
 three to a row in the comparison's method order. The GIF is kept under --max-bytes by
 dropping every other frame until it fits.
 """
@@ -51,7 +52,9 @@ def render(run: Path, gif: Path, size: tuple[int, int], frames: int, every: int)
 
 
 def grid(tiles: list[list[np.ndarray]], columns: int) -> list[np.ndarray]:
-    n = min(len(t) for t in tiles)
+    """Tiles side by side, as long as the longest; a tile whose episode ended (a Humanoid
+    that fell) holds its last frame."""
+    n = max(len(t) for t in tiles)
     h, w = tiles[0][0].shape[:2]
     rows = -(-len(tiles) // columns)
     out = []
@@ -59,7 +62,8 @@ def grid(tiles: list[list[np.ndarray]], columns: int) -> list[np.ndarray]:
         canvas = np.full((rows * h, columns * w, 3), 255, dtype=np.uint8)
         for i, frames in enumerate(tiles):
             r, c = divmod(i, columns)
-            canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = frames[k][..., :3]
+            frame = frames[min(k, len(frames) - 1)]
+            canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = frame[..., :3]
         out.append(canvas)
     return out
 
