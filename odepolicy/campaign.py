@@ -360,7 +360,8 @@ class Campaign:
         from .plotting import load_run
 
         e = self.tasks[task].extend
-        run = run or load_run(self.eval_run(task, e.method, e.seed).path)
+        if run is None:
+            run = load_run(self.eval_run(task, e.method, e.seed).path)
         up, last, before = climbing(run.env_steps, run.returns, self.tasks[task].budget)
         return (up or not e.if_climbing), last, before
 
@@ -559,22 +560,18 @@ def _run_state(run: RunDir) -> str:
         return "unreadable"
 
 
-def _check_readable(run: RunDir) -> None:
+def _readable_state(run: RunDir) -> str:
+    """`_run_state` for a run a unit is about to train: an unreadable one is an error that
+    says why."""
+    if not run.is_run():
+        return "empty"
     try:
-        run.status()
+        return run.status()
     except OdepolicyError as exc:
         raise OdepolicyError(
             f"{run.path} cannot be read ({exc}); if a newer odepolicy wrote it, restart the "
             "campaign with that version"
         ) from exc
-
-
-def _readable_state(run: RunDir) -> str:
-    """`_run_state` for a run a unit is about to train: an unreadable one is an error."""
-    state = _run_state(run)
-    if state == "unreadable":
-        _check_readable(run)
-    return state
 
 
 # -- units ---------------------------------------------------------------------------------------

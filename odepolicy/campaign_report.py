@@ -319,6 +319,7 @@ def _claim_paragraph(
         verdict = "holds" if holds else "does not hold"
         where = f" ({', '.join(above)} above it)" if above else ""
         head = f"The best ODEtoODE form, {best['method']}, ranks {best['rank']} of {len(rows)}"
+        gap, spread, close = _margin(best, rows[1]) if len(rows) > 1 else (0.0, 0.0, False)
         if task_zero and not learned:  # an order among policies that learned nothing
             lines.append(
                 f"{head}{where}, but no method ends above the zero action on every seed's "
@@ -332,12 +333,9 @@ def _claim_paragraph(
                 f"evaluation episodes, and {', '.join(sorted(learned))} {does}: the claim does "
                 f"not hold here{so_far}."
             )
-        elif best["rank"] == 1 and len(rows) > 1 and holds and _within_spread(best, rows[1]):
-            second = rows[1]
-            gap = best["final_return_mean"] - second["final_return_mean"]
-            spread = max(best["final_return_std"], second["final_return_std"])
+        elif best["rank"] == 1 and holds and close:
             lines.append(
-                f"{head}, ahead of {second['method']} by {gap:.1f}, less than the larger of "
+                f"{head}, ahead of {rows[1]['method']} by {gap:.1f}, less than the larger of "
                 f"their spreads over seeds ({spread:.1f}): the claim holds here by rank, not by "
                 f"a clear margin{so_far}."
             )
@@ -345,9 +343,9 @@ def _claim_paragraph(
             lines.append(f"{head}{where}: the claim {verdict} here{so_far}.")
     unlearned = []  # the methods the paper says do not learn, and measured under the bar
     for r in rows:
-        if r["method"] not in no_learn or r.get("threshold") in (None, ""):
+        bar = _no_learning_bar(r)
+        if r["method"] not in no_learn or bar is None:
             continue
-        bar = NO_LEARNING * float(r["threshold"])
         final = r["final_return_mean"]
         if final < bar:
             unlearned.append(r["method"])
@@ -358,18 +356,17 @@ def _claim_paragraph(
             else f"{r['method']} ends at {final:.1f}, past a third of ARS's threshold "
             f"({bar:.0f}): it learns here{so_far}, which the paper says it does not."
         )
-    if no_learn and ode and ode[0].get("threshold") not in (None, ""):
-        best, bar = ode[0], NO_LEARNING * float(ode[0]["threshold"])
-        if best["final_return_mean"] < bar:  # the bar says the same of ODEtoODE
-            contrast = (
-                f": the contrast the paper draws with {', '.join(unlearned)} is not seen"
-                if unlearned
-                else ""
-            )
-            lines.append(
-                f"By the same bar, {best['method']} ({best['final_return_mean']:.1f}) does not "
-                f"learn here either{so_far}{contrast}."
-            )
+    bar = _no_learning_bar(ode[0]) if no_learn and ode else None
+    if bar is not None and ode[0]["final_return_mean"] < bar:  # the bar says the same of ODEtoODE
+        contrast = (
+            f": the contrast the paper draws with {', '.join(unlearned)} is not seen"
+            if unlearned
+            else ""
+        )
+        lines.append(
+            f"By the same bar, {ode[0]['method']} ({ode[0]['final_return_mean']:.1f}) does not "
+            f"learn here either{so_far}{contrast}."
+        )
     if below:
         lines.append(
             "Not above the zero action on every seed's evaluation episodes: "
@@ -379,11 +376,20 @@ def _claim_paragraph(
     return " ".join(lines)
 
 
-def _within_spread(first: dict, second: dict) -> bool:
-    """Whether two methods' mean final returns differ by less than the larger of their
-    standard deviations over seeds (an order a seed or two could turn over)."""
+def _margin(first: dict, second: dict) -> tuple[float, float, bool]:
+    """(gap between two methods' mean final returns, the larger of their standard deviations
+    over seeds, whether the gap is under it: an order a seed or two could turn over)."""
     gap = first["final_return_mean"] - second["final_return_mean"]
-    return gap < max(first["final_return_std"], second["final_return_std"])
+    spread = max(first["final_return_std"], second["final_return_std"])
+    return gap, spread, gap < spread
+
+
+def _no_learning_bar(row: dict) -> float | None:
+    """The return under which a method "does not learn" its task (a third of ARS's threshold),
+    or None for a task without a threshold."""
+    if row.get("threshold") in (None, ""):
+        return None
+    return NO_LEARNING * float(row["threshold"])
 
 
 def _machines(paths) -> str:
